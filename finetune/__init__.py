@@ -1,0 +1,1 @@
+"""K2-Chat SFT on TRL."""

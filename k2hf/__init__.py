@@ -1,0 +1,42 @@
+"""k2hf: the Hugging Face-ecosystem home of the LLM360 K2 model family.
+
+``import k2hf`` registers K2 with ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM`` (``model_type="k2"``).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .chat_template import (
+    ConversationError,
+    apply_chat_template_to,
+    conversation_segments,
+    encode_chat,
+    k2_chat_template,
+    validate_conversation,
+)
+from .modeling import K2_VOCAB_ROWS, K2Config, K2ForCausalLM, K2Model, K2PreTrainedModel
+from .tokenizer import K2_ADDED_TOKENS, K2_CHAT_TOKENS, K2_CODE_TOKENS, build_k2_tokenizer, encode_plain_text
+
+AutoConfig.register(K2Config.model_type, K2Config, exist_ok=True)
+AutoModel.register(K2Config, K2Model, exist_ok=True)
+AutoModelForCausalLM.register(K2Config, K2ForCausalLM, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "K2_ADDED_TOKENS",
+    "K2_CHAT_TOKENS",
+    "K2_CODE_TOKENS",
+    "K2_VOCAB_ROWS",
+    "ConversationError",
+    "K2Config",
+    "K2ForCausalLM",
+    "K2Model",
+    "K2PreTrainedModel",
+    "apply_chat_template_to",
+    "build_k2_tokenizer",
+    "conversation_segments",
+    "encode_chat",
+    "encode_plain_text",
+    "k2_chat_template",
+    "validate_conversation",
+]
