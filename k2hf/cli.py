@@ -47,6 +47,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from .pretrain.data.config import load_data_config
+    from .pretrain.data.prepare import prepare
+
+    config = load_data_config(args.config, on_error=args.on_error, num_workers=args.workers)
+    manifest = prepare(config, args.out, keep_work=args.keep_work)
+    print(f"prepared {manifest['total_rows']} rows x {manifest['seq_len']} tokens in {manifest['num_chunks']} chunks "
+          f"-> {args.out}")
+    for subset in manifest["subsets"]:
+        skipped = ", ".join(f"{k} {v}" for k, v in subset["documents_skipped"].items()) or "none"
+        print(f"  {subset['name']}: {subset['documents_read']} read, {subset['documents_packed']} packed, "
+              f"skipped: {skipped}; {subset['rows']} rows")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from .pretrain.data.reader import PreparedData
+
+    problems = PreparedData(args.dir).verify()
+    for problem in problems:
+        print(f"FAIL {problem}")
+    print("verified: every chunk hash and count matches the manifest" if not problems else
+          f"{len(problems)} problem(s) found")
+    return 1 if problems else 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from .pretrain.data.reader import PreparedData
+
+    data = PreparedData(args.dir)
+    tokenizer = data.tokenizer()
+    ids = data.chunk(args.chunk).row(args.row)
+    print(f"chunk {args.chunk} row {args.row} ({len(ids)} tokens)")
+    for piece in data.describe_row(args.chunk, args.row):
+        a, b = piece["position"]
+        print(f"--- [{a}:{b}] {piece['subset']} {piece['source']} record {piece['record']} "
+              f"(pass {piece['repeat_pass']}, fim {piece['fim']}, document tokens {piece['document_tokens']})")
+        print(tokenizer.decode(ids[a:b]))
+    return 0
+
+
+def _data_order(args: argparse.Namespace) -> int:
+    from .pretrain.data.reader import PreparedData
+
+    data = PreparedData(args.dir)
+    checkpoints = [args.checkpoint] if args.checkpoint else range(1, len(data.chunk_order) + 1)
+    for n in checkpoints:
+        print(f"ckpt_{n:03d} <- chunk {data.chunk_for_checkpoint(n)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2hf", description="LLM360 K2 on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("base", help="tokenizer.model or a dir holding it")
     tok.add_argument("out", help="output dir")
     tok.set_defaults(func=_tokenizer)
+
+    data = sub.add_parser("data", help="pretraining data: prepare, verify, inspect, order").add_subparsers(
+        dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="tokenize a mixture into evenly mixed, shuffled chunks")
+    prep.add_argument("--config", required=True, help="data recipe YAML (e.g. pretrain/configs/data/sample.yaml)")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--on-error", choices=["fail", "skip"], default=None, help="bad records: fail (default) or skip")
+    prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: the config's)")
+    prep.add_argument("--keep-work", action="store_true", help="keep the tokenized shards after success")
+    prep.set_defaults(func=_data_prepare)
+    verify = data.add_parser("verify", help="re-hash chunks and check the manifest's counts")
+    verify.add_argument("dir")
+    verify.set_defaults(func=_data_verify)
+    inspect = data.add_parser("inspect", help="decode a row and show where each piece came from")
+    inspect.add_argument("dir")
+    inspect.add_argument("--chunk", type=int, required=True)
+    inspect.add_argument("--row", type=int, required=True)
+    inspect.set_defaults(func=_data_inspect)
+    order = data.add_parser("order", help="which chunk each checkpoint was trained on")
+    order.add_argument("dir")
+    order.add_argument("--checkpoint", type=int, help="1-based checkpoint number (ckpt_001 = 1)")
+    order.set_defaults(func=_data_order)
 
     demo = sub.add_parser("demo", help="the K2 story on built-in sample data, on CPU")
     demo.add_argument("--out", default="outputs/demo")

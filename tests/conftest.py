@@ -15,7 +15,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LLAMA_SP_MODEL = REPO_ROOT.parent / "shared" / "llama-tokenizer" / "tokenizer.model"
+LLAMA_SP_MODEL = Path(
+    os.environ.get("K2HF_LLAMA_TOKENIZER", REPO_ROOT.parent / "shared" / "llama-tokenizer" / "tokenizer.model")
+)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,16 @@ def tiny_tokenizer(tmp_path_factory):
     from k2hf.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny-sp"))
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tiny_tokenizer):
+    """The real K2 tokenizer when the LLaMA base is available, else the tiny one (format tests never skip)."""
+    if not LLAMA_SP_MODEL.is_file():
+        return tiny_tokenizer
+    from k2hf import build_k2_tokenizer
+
+    return build_k2_tokenizer(LLAMA_SP_MODEL)
 
 
 @pytest.fixture()

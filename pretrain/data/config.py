@@ -1,0 +1,171 @@
+"""Data-mixture recipe: named subsets (files, globs or a Hub dataset), repeat factors, FIM, chunking.
+
+Everything is validated before any work starts; errors say which field to change.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+FORMATS = ("jsonl", "parquet", "text", "hub")
+_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+
+
+class DataConfigError(ValueError):
+    """A data recipe that cannot be prepared, found before any work starts."""
+
+
+@dataclass
+class FimConfig:
+    """Fill-in-the-middle for code (K2: rate 0.5, half of those in SPM order), as in StarCoder."""
+
+    rate: float = 0.5
+    spm_rate: float = 0.5
+
+
+@dataclass
+class SubsetConfig:
+    """One named source of documents.
+
+    Local data: ``paths`` (files or globs; ``.jsonl``/``.json``, ``.parquet``, ``.txt`` = one document per file).
+    Hub data: ``hub: {path: ..., name: ..., split: train, data_files: ...}``, streamed through ``datasets``.
+    ``repeat`` may be fractional: 3 repeats the subset three times, 0.5 keeps a deterministic half.
+    """
+
+    name: str
+    paths: list[str] = field(default_factory=list)
+    hub: dict[str, Any] | None = None
+    text_field: str = "text"
+    format: str | None = None
+    repeat: float = 1.0
+    fim: bool = False
+
+
+@dataclass
+class DataConfig:
+    """The whole recipe. ``chunk_order`` is the training order of chunks (default 0..N-1 with ``defer`` moved last)."""
+
+    subsets: list[SubsetConfig]
+    tokenizer: str
+    seq_len: int = 2048
+    num_chunks: int = 360
+    seed: int = 1234
+    fim: FimConfig = field(default_factory=FimConfig)
+    chunk_order: list[int] | None = None
+    defer: list[int] = field(default_factory=list)
+    on_error: Literal["fail", "skip"] = "fail"
+    num_workers: int = 2
+    base_dir: str = "."
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolved_order(self) -> list[int]:
+        """Chunk indices in training order."""
+        if self.chunk_order is not None:
+            return list(self.chunk_order)
+        deferred = [c for c in self.defer]
+        return [c for c in range(self.num_chunks) if c not in deferred] + deferred
+
+
+def load_data_config(path: str | os.PathLike, **overrides: Any) -> DataConfig:
+    """Read a YAML recipe (relative paths are relative to the YAML file) and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataConfigError(f"data config {path} does not exist")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("base_dir", str(path.parent))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return data_config_from_dict(raw)
+
+
+def data_config_from_dict(raw: dict[str, Any]) -> DataConfig:
+    """Build and validate a :class:`DataConfig` from plain data (e.g. parsed YAML)."""
+    raw = dict(raw)
+    known = set(DataConfig.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise DataConfigError(f"unknown data config keys {sorted(unknown)}; known keys: {sorted(known)}")
+    if "subsets" not in raw or not raw["subsets"]:
+        raise DataConfigError("data config needs at least one entry under `subsets`")
+    if "tokenizer" not in raw:
+        raise DataConfigError("data config needs `tokenizer`: a K2 tokenizer dir, or `sample` for the demo tokenizer")
+    subsets = []
+    for entry in raw.pop("subsets"):
+        unknown = set(entry) - set(SubsetConfig.__dataclass_fields__)
+        if unknown:
+            raise DataConfigError(f"subset {entry.get('name')!r}: unknown keys {sorted(unknown)}")
+        subsets.append(SubsetConfig(**entry))
+    fim = FimConfig(**(raw.pop("fim", None) or {}))
+    config = DataConfig(subsets=subsets, fim=fim, **raw)
+    validate(config)
+    return config
+
+
+def validate(config: DataConfig) -> None:
+    """Raise :class:`DataConfigError` for anything that would fail later."""
+    if not isinstance(config.seq_len, int) or config.seq_len < 2:
+        raise DataConfigError(f"seq_len must be an integer >= 2 (got {config.seq_len!r})")
+    if not isinstance(config.num_chunks, int) or config.num_chunks < 1:
+        raise DataConfigError(f"num_chunks must be an integer >= 1 (got {config.num_chunks!r})")
+    if config.on_error not in ("fail", "skip"):
+        raise DataConfigError(f"on_error must be 'fail' or 'skip' (got {config.on_error!r})")
+    if config.num_workers < 1:
+        raise DataConfigError(f"num_workers must be >= 1 (got {config.num_workers})")
+    for name, value in (("fim.rate", config.fim.rate), ("fim.spm_rate", config.fim.spm_rate)):
+        if not 0.0 <= value <= 1.0:
+            raise DataConfigError(f"{name} must be in [0, 1] (got {value})")
+    names = [s.name for s in config.subsets]
+    if len(set(names)) != len(names):
+        raise DataConfigError(f"subset names must be unique (got {names})")
+    for subset in config.subsets:
+        _validate_subset(subset, config.base_dir)
+    order = config.resolved_order()
+    if sorted(order) != list(range(config.num_chunks)):
+        raise DataConfigError(
+            f"chunk_order/defer must list each of the {config.num_chunks} chunks exactly once (got {order[:10]}...)"
+        )
+
+
+def _validate_subset(subset: SubsetConfig, base_dir: str) -> None:
+    where = f"subset {subset.name!r}"
+    if not isinstance(subset.repeat, (int, float)) or subset.repeat < 0:
+        raise DataConfigError(f"{where}: repeat must be a number >= 0 (got {subset.repeat!r})")
+    if bool(subset.paths) == bool(subset.hub):
+        raise DataConfigError(f"{where}: give exactly one of `paths` (local files) or `hub` (a Hub dataset)")
+    if subset.hub is not None:
+        if "path" not in subset.hub:
+            raise DataConfigError(f"{where}: `hub` needs `path` (a dataset id such as allenai/c4)")
+        subset.format = "hub"
+        return
+    files = resolve_files(subset, base_dir)
+    if subset.format is not None and subset.format not in FORMATS:
+        raise DataConfigError(f"{where}: format must be one of {FORMATS} (got {subset.format!r})")
+    for file in files:
+        file_format = subset.format or _EXTENSION_FORMATS.get(Path(file).suffix)
+        if file_format is None:
+            raise DataConfigError(f"{where}: cannot tell the format of {file}; set `format:` ({FORMATS[:3]})")
+
+
+def resolve_files(subset: SubsetConfig, base_dir: str) -> list[str]:
+    """The subset's files, globs expanded and sorted; every pattern must match something."""
+    files: list[str] = []
+    for pattern in subset.paths:
+        full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
+        matched = sorted(glob.glob(full, recursive=True))
+        if not matched:
+            raise DataConfigError(f"subset {subset.name!r}: {pattern!r} matches no file (looked in {base_dir})")
+        # directories are not documents; anything else (even a broken link) is read and reported if unreadable
+        files.extend(os.path.normpath(m) for m in matched if not os.path.isdir(m))
+    return files
+
+
+def file_format(subset: SubsetConfig, path: str) -> str:
+    """The reader to use for ``path`` in ``subset``."""
+    return subset.format or _EXTENSION_FORMATS[Path(path).suffix]

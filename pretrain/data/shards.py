@@ -1,0 +1,191 @@
+"""Tokenize one source (a file, or a streamed Hub dataset) of one subset into an on-disk shard.
+
+A shard holds the source's token ids once per distinct rendering and a table of *document instances*: one per
+(document, repeat pass) kept by the repeat factor, pointing at its tokens. Plain documents repeated k times
+share their tokens; each FIM instance gets its own. Shards are written to a temp dir and renamed into place, so
+an interrupted ``prepare`` keeps every finished shard and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .config import SubsetConfig
+from .fim import NO_FIM, FimTokenIds, assemble, fim_decisions, split_text
+from .sources import BadRecord, read_source
+
+INSTANCE_DTYPE = np.dtype([("record", "<i8"), ("pass", "<i4"), ("fim", "i1"), ("start", "<i8"), ("length", "<i8")])
+ENCODE_BATCH = 1024
+BLOCK_RECORDS = 8192  # records tokenized at a time: bounds a worker's memory whatever the file size
+
+
+class BadInputError(ValueError):
+    """A bad record under ``on_error: fail``: names the file and line."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to build one shard (picklable)."""
+
+    subset: SubsetConfig
+    subset_index: int
+    source_index: int
+    source: str
+    out_dir: str
+    tokenizer_json: str
+    eos_id: int
+    fim_ids: tuple[int, int, int]
+    fim_rate: float
+    spm_rate: float
+    seed: int
+    fail_on_error: bool
+    fingerprint: str
+
+
+def shard_is_done(job: ShardJob) -> bool:
+    meta = Path(job.out_dir) / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == job.fingerprint
+
+
+def build_shard(job: ShardJob) -> dict:
+    """Tokenize ``job.source`` into ``job.out_dir``, streaming in blocks; returns the shard's stats."""
+    tokenizer = Tokenizer.from_str(job.tokenizer_json)
+    tokenizer.encode_special_tokens = True  # text is untrusted: "<fim_prefix>" in data stays plain text
+    out_dir = Path(job.out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = _ShardState(job, tokenizer)
+    with open(tmp / "tokens.bin", "wb") as token_file:
+        state.token_file = token_file
+        block: list[tuple[int, str]] = []
+        for item in read_source(job.subset, job.source):
+            if isinstance(item, BadRecord):
+                state.bad_record(item)
+                continue
+            block.append(item)
+            if len(block) == BLOCK_RECORDS:
+                state.add_block(block)
+                block = []
+        if block:
+            state.add_block(block)
+    instances = np.concatenate(state.tables) if state.tables else np.zeros(0, INSTANCE_DTYPE)
+    instances = instances[np.lexsort((instances["record"], instances["pass"]))]  # pass-major, then record order
+    stats = state.stats(len(instances))
+    np.save(tmp / "instances.npy", instances)
+    (tmp / "meta.json").write_text(json.dumps(stats))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return stats
+
+
+class _ShardState:
+    """Accumulates one shard: tokens go straight to disk, instance tables stay in memory (40 bytes each)."""
+
+    def __init__(self, job: ShardJob, tokenizer: Tokenizer) -> None:
+        self.job, self.tokenizer = job, tokenizer
+        self.fim_ids = FimTokenIds(*job.fim_ids)
+        self.token_file = None
+        self.total = 0
+        self.good = 0
+        self.first_pass_kept = 0
+        self.blocks = 0
+        self.bad: Counter = Counter()
+        self.examples: list[str] = []
+        self.tables: list[np.ndarray] = []
+
+    def bad_record(self, item: BadRecord) -> None:
+        if self.job.fail_on_error:
+            raise BadInputError(f"{item.message()} (set `on_error: skip` / --on-error skip to skip and count)")
+        self.bad[item.reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(item.message())
+
+    def _append(self, ids: list[int]) -> int:
+        start = self.total
+        array = np.asarray(ids, dtype=np.uint32)
+        self.token_file.write(array.tobytes())
+        self.total += len(array)
+        return start
+
+    def add_block(self, block: list[tuple[int, str]]) -> None:
+        job = self.job
+        records = np.fromiter((r for r, _ in block), dtype=np.int64, count=len(block))
+        texts = [t for _, t in block]
+        starts = np.empty(len(block), np.int64)
+        lengths = np.empty(len(block), np.int64)
+        for i, ids in enumerate(_encode(self.tokenizer, texts)):
+            starts[i] = self._append(ids + [job.eos_id])
+            lengths[i] = len(ids) + 1
+        for repeat_pass in range(math.ceil(job.subset.repeat)):
+            keep = np.flatnonzero(self._included(repeat_pass, len(block)))
+            modes = np.zeros(len(keep), dtype=np.int8)
+            inst_starts, inst_lengths = starts[keep], lengths[keep]
+            if job.subset.fim and len(keep):
+                modes, cuts = fim_decisions(self._rng(1, repeat_pass), len(keep), job.fim_rate, job.spm_rate)
+                chosen = np.flatnonzero(modes != NO_FIM)
+                parts = [split_text(texts[keep[i]], cuts[i]) for i in chosen]
+                encoded = _encode(self.tokenizer, [p for triple in parts for p in triple])
+                for j, i in enumerate(chosen):
+                    ids = assemble(int(modes[i]), *encoded[3 * j : 3 * j + 3], self.fim_ids) + [job.eos_id]
+                    inst_starts[i], inst_lengths[i] = self._append(ids), len(ids)
+            table = np.empty(len(keep), dtype=INSTANCE_DTYPE)
+            table["record"], table["pass"], table["fim"] = records[keep], repeat_pass, modes
+            table["start"], table["length"] = inst_starts, inst_lengths
+            self.tables.append(table)
+            if repeat_pass == 0:
+                self.first_pass_kept += len(keep)
+        self.good += len(block)
+        self.blocks += 1
+
+    def _rng(self, purpose: int, repeat_pass: int) -> np.random.Generator:
+        job = self.job
+        return np.random.default_rng([job.seed, job.subset_index, job.source_index, purpose, repeat_pass, self.blocks])
+
+    def _included(self, repeat_pass: int, n: int) -> np.ndarray:
+        """All records for whole passes; a deterministic fraction for the last, fractional pass."""
+        fraction = self.job.subset.repeat - repeat_pass
+        if fraction >= 1:
+            return np.ones(n, dtype=bool)
+        return self._rng(0, repeat_pass).random(n) < fraction
+
+    def stats(self, instances: int) -> dict:
+        return {
+            "fingerprint": self.job.fingerprint,
+            "source": self.job.source,
+            "records_read": self.good + sum(self.bad.values()),
+            "records_good": self.good,
+            "skipped": dict(self.bad),
+            "skip_examples": self.examples,
+            "tokens": self.total,
+            "instances": instances,
+            # records no pass keeps (repeat < 1): counted as skipped "not_sampled"
+            "not_sampled": self.good - self.first_pass_kept if self.job.subset.repeat < 1 else 0,
+        }
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in range(0, len(texts), ENCODE_BATCH):
+        out.extend(e.ids for e in tokenizer.encode_batch(texts[i : i + ENCODE_BATCH], add_special_tokens=False))
+    return out
+
+
+def load_shard(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Tokens (memory-mapped), instance table and stats of a finished shard."""
+    out_dir = Path(out_dir)
+    return (
+        np.memmap(out_dir / "tokens.bin", dtype=np.uint32, mode="r") if (out_dir / "tokens.bin").stat().st_size
+        else np.zeros(0, np.uint32),
+        np.load(out_dir / "instances.npy"),
+        json.loads((out_dir / "meta.json").read_text()),
+    )
