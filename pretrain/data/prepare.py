@@ -109,7 +109,7 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
     jobs = []
     for s_index, subset in enumerate(config.subsets):
         for f_index, source in enumerate(sources[subset.name]):
-            stat = os.stat(source) if not source.startswith("hub:") else None
+            stat = _stat_or_none(source)
             fingerprint = hashlib.sha256(json.dumps([
                 subset.__dict__, source, stat and [stat.st_size, stat.st_mtime_ns], tokenizer_hash, config.seed,
                 config.fim.__dict__, config.on_error, BLOCK_RECORDS, FORMAT_VERSION,
@@ -122,6 +122,16 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
                 fingerprint=fingerprint,
             ))
     return jobs
+
+
+def _stat_or_none(source: str) -> os.stat_result | None:
+    """File identity for the shard fingerprint; None for Hub sources and unreadable files (reported later)."""
+    if source.startswith("hub:"):
+        return None
+    try:
+        return os.stat(source)
+    except OSError:
+        return None
 
 
 def _run_jobs(jobs: list[ShardJob], num_workers: int, progress: bool) -> list[dict]:
