@@ -7,8 +7,9 @@ dummy-prefix ``▁`` on every document and no BOS).
 Why not ``LlamaTokenizer.from_pretrained(dir_with_tokenizer.model)``: transformers 5 converts the model with a
 ``Metaspace(prepend_scheme="first")`` pre-tokenizer and vocabulary-ordered merges. That differs from
 SentencePiece on leading and repeated whitespace (``" Hello"``, indented code), i.e. on ids K2 was trained on.
-Here the merges are ordered by SentencePiece piece score and the dummy prefix is a ``Prepend("▁")`` normalizer,
-which reproduces SentencePiece's BPE exactly and applies the prefix to every text span between control tokens.
+Here the merges are ordered by SentencePiece piece score, the dummy prefix is a ``Prepend("▁")`` normalizer and
+text is pre-split into whitespace-led pieces as SentencePiece does, which reproduces SentencePiece's BPE exactly
+and applies the prefix to every text span between control tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import generate_merges
@@ -147,6 +148,9 @@ def sentencepiece_bpe_to_tokenizers(model_file: str | os.PathLike) -> Tokenizer:
         steps.append(normalizers.Prepend("▁"))
     steps.append(normalizers.Replace(" ", "▁"))
     backend.normalizer = normalizers.Sequence(steps)
+    # SentencePiece's own pre-split (split_by_whitespace with whitespace-only pieces allowed): a piece is a run of
+    # "▁" plus the word that follows. Same ids as BPE over the whole text, but words hit the BPE cache (~30% faster).
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated")
     strip = [decoders.Strip(content=" ", left=1)] if norm.add_dummy_prefix else []
     backend.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]

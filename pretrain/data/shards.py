@@ -174,9 +174,11 @@ class _ShardState:
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    # encode_batch_fast skips offset tracking, which we never use (~30% faster); older tokenizers lack it
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     out: list[list[int]] = []
     for i in range(0, len(texts), ENCODE_BATCH):
-        out.extend(e.ids for e in tokenizer.encode_batch(texts[i : i + ENCODE_BATCH], add_special_tokens=False))
+        out.extend(e.ids for e in encode(texts[i : i + ENCODE_BATCH], add_special_tokens=False))
     return out
 
 
