@@ -1,0 +1,198 @@
+"""Pretraining recipe: dataclasses read from YAML, with K2's paper values as defaults.
+
+Batch geometry is derived, not configured twice: ``global_batch_tokens / seq_len`` rows per optimizer step,
+split over ``world_size`` ranks and ``micro_batch_size`` rows per forward pass (gradient accumulation is what
+is left). Anything that does not divide fails before the model is built, with the numbers to change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class TrainConfigError(ValueError):
+    """A pretraining recipe that cannot run, found before any compute."""
+
+
+@dataclass
+class ModelSection:
+    """Which K2 to train: a preset (+ overrides), or ``init_from`` a checkpoint (stage 2 starts from stage 1)."""
+
+    preset: Literal["tiny", "k2_65b", "k2_chat_65b"] = "k2_65b"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    rope_theta: float | None = None  # stage 2: K2-Chat uses 500000
+    max_position_embeddings: int | None = None
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class OptimSection:
+    """AdamW + warmup + cosine (stage 1: 1.5e-4 -> 1.5e-5) or linear-to-zero (stage 2: 1e-4 -> 0)."""
+
+    lr: float = 1.5e-4
+    min_lr: float = 1.5e-5
+    schedule: Literal["cosine", "linear"] = "cosine"
+    warmup_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class CheckpointSection:
+    """One checkpoint per chunk (``ckpt_001`` ...), optional mid-chunk ones every ``every_steps`` steps."""
+
+    every_steps: int | None = None
+    keep_chunk_checkpoints: int | None = None  # None = keep all (K2 released every one)
+    keep_step_checkpoints: int = 2
+
+
+@dataclass
+class LogSection:
+    tensorboard: bool = True
+    wandb: bool = False
+    project: str = "k2hf-pretrain"
+    peak_tflops: float | None = None  # per device, for MFU; auto-detected on known GPUs
+
+
+@dataclass
+class SpikeSection:
+    """Loss-spike detection and automatic rollback (see :mod:`k2hf.pretrain.spikes`)."""
+
+    enabled: bool = False
+    window: int = 50
+    threshold: float = 6.0
+    min_delta: float = 0.1
+    recovery_steps: int = 20
+    malignant_steps: int = 100
+    policy: Literal["defer_chunk", "skip_window", "reseed", "halt"] = "defer_chunk"
+    max_rollbacks: int = 3
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output_dir: str
+    global_batch_tokens: int = 4 * 1024 * 1024
+    micro_batch_size: int = 1
+    seed: int = 42
+    precision: Literal["bf16", "fp32"] = "bf16"
+    max_steps: int | None = None
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    spikes: SpikeSection = field(default_factory=SpikeSection)
+    base_dir: str = "."
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolve(self, path: str | None) -> str | None:
+        """A path from the recipe, relative to the recipe's folder."""
+        if path is None or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base_dir, path))
+
+
+_SECTIONS = {"model": ModelSection, "optim": OptimSection, "checkpoint": CheckpointSection, "log": LogSection,
+             "spikes": SpikeSection}
+
+
+def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    raw = dict(raw)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise TrainConfigError(f"unknown pretraining config keys {sorted(unknown)}; known: {sorted(known)}")
+    for name, cls in _SECTIONS.items():
+        section = raw.get(name) or {}
+        bad = set(section) - {f.name for f in fields(cls)}
+        if bad:
+            raise TrainConfigError(f"unknown keys in `{name}`: {sorted(bad)}; known: {sorted(f.name for f in fields(cls))}")
+        raw[name] = cls(**section)
+    for required in ("data", "output_dir"):
+        if required not in raw:
+            raise TrainConfigError(f"pretraining config needs `{required}`")
+    config = TrainConfig(**raw)
+    _validate(config)
+    return config
+
+
+def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML recipe; ``overrides`` use dotted keys (``optim.lr``) and win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"pretraining config {path} does not exist")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("base_dir", str(path.parent))
+    for key, value in (overrides or {}).items():
+        target = raw
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return train_config_from_dict(raw)
+
+
+def _validate(config: TrainConfig) -> None:
+    o = config.optim
+    if config.precision not in ("bf16", "fp32"):
+        raise TrainConfigError(f"precision must be bf16 or fp32 (got {config.precision!r})")
+    if config.micro_batch_size < 1 or config.global_batch_tokens < 1:
+        raise TrainConfigError("micro_batch_size and global_batch_tokens must be positive")
+    if not 0 <= o.min_lr <= o.lr:
+        raise TrainConfigError(f"need 0 <= optim.min_lr <= optim.lr (got {o.min_lr} and {o.lr})")
+    if o.warmup_steps < 0 or o.grad_clip <= 0:
+        raise TrainConfigError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
+    if config.model.preset not in ("tiny", "k2_65b", "k2_chat_65b"):
+        raise TrainConfigError(f"model.preset must be tiny, k2_65b or k2_chat_65b (got {config.model.preset!r})")
+    if config.checkpoint.every_steps is not None and config.checkpoint.every_steps < 1:
+        raise TrainConfigError("checkpoint.every_steps must be >= 1 (or null for chunk checkpoints only)")
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """How one optimizer step's rows split over ranks and micro-batches."""
+
+    seq_len: int
+    global_rows: int
+    world_size: int
+    micro_batch_size: int
+
+    @property
+    def rows_per_rank(self) -> int:
+        return self.global_rows // self.world_size
+
+    @property
+    def grad_accum(self) -> int:
+        return self.rows_per_rank // self.micro_batch_size
+
+
+def batch_geometry(config: TrainConfig, seq_len: int, world_size: int) -> BatchGeometry:
+    """Derive the geometry, or raise :class:`TrainConfigError` naming what to change."""
+    if config.global_batch_tokens % seq_len:
+        raise TrainConfigError(
+            f"global_batch_tokens ({config.global_batch_tokens}) must be a multiple of the data's seq_len ({seq_len})"
+        )
+    rows = config.global_batch_tokens // seq_len
+    if rows % world_size:
+        raise TrainConfigError(
+            f"a global batch of {rows} rows does not split over {world_size} processes: make global_batch_tokens a "
+            f"multiple of seq_len x world_size = {seq_len * world_size}"
+        )
+    if (rows // world_size) % config.micro_batch_size:
+        raise TrainConfigError(
+            f"{rows // world_size} rows per process is not a multiple of micro_batch_size "
+            f"({config.micro_batch_size}); change micro_batch_size or global_batch_tokens"
+        )
+    return BatchGeometry(seq_len, rows, world_size, config.micro_batch_size)
