@@ -1,0 +1,257 @@
+"""Pretraining: real 2-process DeepSpeed ZeRO-2/3 and DDP runs on CPU, exact resume after kill -9, atomic saves,
+stage-1 -> stage-2 hand-off, and recipe errors before any compute."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from conftest import REPO_ROOT
+from k2hf.pretrain.checkpointing import TRAINER_STATE, latest_checkpoint
+from k2hf.pretrain.config import TrainConfigError, load_train_config
+from k2hf.pretrain.data.config import load_data_config
+from k2hf.pretrain.data.prepare import prepare
+
+TRAIN_SCRIPT = str(REPO_ROOT / "pretrain" / "train.py")
+# a little wider than `tiny` so that steps take long enough to be interrupted mid-run
+MODEL = {"preset": "tiny", "overrides": {"vocab_size": "auto", "hidden_size": 96, "intermediate_size": 256}}
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml"), out / "stage1", progress=False)
+    prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample_stage2.yaml"), out / "stage2", progress=False)
+    return out
+
+
+def _recipe(tmp: Path, data: Path, name: str = "run", **extra) -> Path:
+    recipe = {
+        "data": str(data),
+        "output_dir": str(tmp / name),
+        "global_batch_tokens": 512,
+        "micro_batch_size": 2,
+        "precision": "fp32",
+        "seed": 42,
+        "model": MODEL,
+        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
+        "log": {"tensorboard": True},
+    }
+    recipe.update(extra)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _launch_command(engine: str, recipe: Path) -> tuple[list[str], dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if engine == "ddp":
+        env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29512"]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / f"pretrain/accelerate/{engine}.yaml"), "--num_processes", "2", "--main_process_port",
+               "29513"]
+    return cmd + [TRAIN_SCRIPT, "--config", str(recipe)], env
+
+
+def _launch(engine: str, recipe: Path) -> subprocess.CompletedProcess:
+    cmd, env = _launch_command(engine, recipe)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_runs(sample_data, tmp_path_factory):
+    """Uninterrupted 2-process runs per engine (8 steps over the 4 sample chunks)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    runs = {}
+    for engine in ("ddp", "zero2", "zero3"):
+        _launch(engine, _recipe(tmp, sample_data / "stage1", name=engine))
+        runs[engine] = tmp / engine
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+def test_two_process_run_trains_and_checkpoints_load(reference_runs, engine):
+    run = reference_runs[engine]
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    losses = [m["loss"] for m in metrics]
+    assert sum(losses[-2:]) / 2 < losses[0] - 0.3, losses  # the loss decreases on the sample corpus
+    assert all(0 < m["grad_norm"] < 100 for m in metrics)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["ckpt_001", "ckpt_002", "ckpt_003", "ckpt_004"]
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "ckpt_004")
+    assert type(model).__name__ == "K2ForCausalLM" and model.config.hidden_size == 96
+    x = torch.tensor([[5, 6, 7, 8]])
+    assert torch.isfinite(model(x).logits).all()
+    assert (run / "training_curves.png").stat().st_size > 10_000
+    assert list((run / "k2hf-pretrain").glob("events.out.tfevents.*"))  # TensorBoard
+
+
+@pytest.mark.slow
+def test_data_sequence_log_maps_every_step_to_rows(reference_runs, sample_data):
+    from k2hf.pretrain.data.reader import PreparedData
+
+    data = PreparedData(sample_data / "stage1")
+    log = [json.loads(line) for line in (reference_runs["zero2"] / "data_sequence.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "rows" in r]
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    expected = []
+    for chunk in data.chunk_order:
+        rows = data.manifest["chunks"][chunk]["rows"]
+        expected += [(chunk, [i * 8, i * 8 + 8]) for i in range(rows // 8)]
+    assert [(r["chunk"], r["rows"]) for r in steps] == expected
+    ends = [r for r in log if r.get("event") == "chunk_end"]
+    assert [e["chunk"] for e in ends] == data.chunk_order
+    assert all(e["rows_not_trained"] == [16, data.manifest["chunks"][e["chunk"]]["rows"]] for e in ends)
+    state = json.loads((reference_runs["zero2"] / "checkpoints" / "ckpt_002" / TRAINER_STATE).read_text())
+    assert state["global_step"] == 4 and state["order_pos"] == 2 and state["step_in_chunk"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, tmp_path, engine):
+    recipe = _recipe(tmp_path, sample_data / "stage1", name=engine)
+    cmd, env = _launch_command(engine, recipe)
+    run = tmp_path / engine
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and len(_metrics(run)) >= 5:
+            break
+        assert process.poll() is None, "run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(_metrics(run))
+    assert killed_at < 8, "the run finished before the kill"
+    resumed_from = latest_checkpoint(run / "checkpoints")
+    assert resumed_from is not None
+    _launch(engine, recipe)  # the same command again
+    reference = [m["loss"] for m in _metrics(reference_runs[engine])]
+    assert [m["loss"] for m in _metrics(run)] == reference  # bitwise: floats compared exactly
+    assert [m["grad_norm"] for m in _metrics(run)] == [m["grad_norm"] for m in _metrics(reference_runs[engine])]
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def _train_in_process(recipe: Path, **overrides):
+    from k2hf.pretrain.trainer import run
+
+    try:
+        return run(load_train_config(recipe, overrides))
+    finally:
+        _reset_accelerate()
+
+
+def test_crash_during_save_keeps_previous_checkpoint(sample_data, tmp_path, monkeypatch):
+    from k2hf.modeling import K2ForCausalLM
+
+    reference = _recipe(tmp_path, sample_data / "stage1", name="reference")
+    _train_in_process(reference)
+    recipe = _recipe(tmp_path, sample_data / "stage1", name="crashy")
+    original = K2ForCausalLM.save_pretrained
+    calls = {"n": 0}
+
+    def crash_on_second_save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            original(self, *args, **kwargs)  # weights written, then the process "dies" before the save completes
+            raise RuntimeError("simulated crash during checkpoint save")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(K2ForCausalLM, "save_pretrained", crash_on_second_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_in_process(recipe)
+    monkeypatch.setattr(K2ForCausalLM, "save_pretrained", original)
+    root = tmp_path / "crashy" / "checkpoints"
+    assert (root / ".ckpt_002.tmp" / "model.safetensors").is_file()  # looks half-done ...
+    assert not (root / "ckpt_002").exists()
+    assert latest_checkpoint(root).name == "ckpt_001"  # ... and is never taken for a checkpoint
+    state = _train_in_process(recipe)
+    assert state.global_step == 8 and not (root / ".ckpt_002.tmp").exists()
+    assert [m["loss"] for m in _metrics(tmp_path / "crashy")] == [m["loss"] for m in _metrics(tmp_path / "reference")]
+
+
+def test_stage1_to_stage2_handoff(sample_data, tmp_path):
+    stage1 = _recipe(tmp_path, sample_data / "stage1", name="stage1")
+    _train_in_process(stage1)
+    final = tmp_path / "stage1" / "checkpoints" / "ckpt_004"
+    stage2 = _recipe(tmp_path, sample_data / "stage2", name="stage2",
+                     model={**MODEL, "init_from": str(final), "rope_theta": 500000, "max_position_embeddings": 512},
+                     optim={"lr": 1e-3, "min_lr": 0.0, "schedule": "linear", "warmup_steps": 1})
+    from k2hf.pretrain.trainer import Pretrainer
+
+    trainer = Pretrainer(load_train_config(stage2))
+    start = trainer.build_model()
+    _reset_accelerate()
+    stage1_model = AutoModelForCausalLM.from_pretrained(final)
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), stage1_model.state_dict().values()))
+    assert start.config.rope_parameters["rope_theta"] == 500000 and start.config.max_position_embeddings == 512
+    _train_in_process(stage2)
+    metrics = _metrics(tmp_path / "stage2")
+    assert metrics[0]["step"] == 1  # the schedule restarts
+    assert metrics[0]["lr"] == pytest.approx(1e-3)  # after 1 warmup step: the new peak, not stage 1's
+    assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # linear to zero
+    lrs = [m["lr"] for m in metrics]
+    assert lrs == sorted(lrs, reverse=True)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "stage2" / "checkpoints" / "ckpt_001")
+    assert saved.config.rope_parameters["rope_theta"] == 500000
+    data_log = (tmp_path / "stage2" / "data_sequence.jsonl").read_text()
+    assert '"rows": [0, 4]' in data_log  # 4 rows of 128 tokens per step
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"global_batch_tokens": 500}, "must be a multiple of the data's seq_len"),
+        ({"micro_batch_size": 3}, "not a multiple of micro_batch_size"),
+        ({"model": {"preset": "tiny", "overrides": {"vocab_size": 64}}}, "model vocab_size 64 < tokenizer size"),
+        ({"model": {"preset": "tiny", "overrides": {"vocab_size": "auto", "max_position_embeddings": 32}}},
+         "exceeds max_position_embeddings"),
+        ({"optim": {"lr": 1e-4, "min_lr": 1e-3}}, "min_lr <= optim.lr"),
+        ({"optimizer": {"lr": 1}}, "unknown pretraining config keys"),
+        ({"optim": {"learning_rate": 1}}, "unknown keys in `optim`"),
+    ],
+)
+def test_bad_recipes_fail_before_compute(sample_data, tmp_path, changes, message):
+    recipe = _recipe(tmp_path, sample_data / "stage1", **changes)
+    with pytest.raises(TrainConfigError, match=message):
+        _train_in_process(recipe)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_shipped_recipes_parse(tmp_path):
+    for name in ("k2_65b_stage1", "k2_65b_stage2", "tiny_stage1", "tiny_stage2"):
+        config = load_train_config(REPO_ROOT / f"pretrain/configs/{name}.yaml")
+        assert config.optim.beta1 == 0.9 and config.optim.beta2 == 0.95 and config.optim.weight_decay == 0.1
+    stage1 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage1.yaml")
+    assert (stage1.optim.lr, stage1.optim.min_lr, stage1.optim.warmup_steps, stage1.optim.schedule) == (
+        1.5e-4, 1.5e-5, 2000, "cosine")
+    assert stage1.global_batch_tokens == 4 * 1024 * 1024 and stage1.model.preset == "k2_65b"
+    stage2 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage2.yaml")
+    assert (stage2.optim.lr, stage2.optim.min_lr, stage2.optim.schedule, stage2.model.rope_theta) == (
+        1e-4, 0.0, "linear", 500000)
