@@ -98,6 +98,25 @@ def _data_order(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spikes_analyze(args: argparse.Namespace) -> int:
+    from .pretrain.config import SpikeSection
+    from .pretrain.spikes import analyze, format_table
+
+    config = SpikeSection(window=args.window, threshold=args.threshold, min_delta=args.min_delta,
+                          recovery_steps=args.recovery_steps, malignant_steps=args.malignant_steps)
+    spikes, png = analyze(args.source, config, args.out)
+    print(format_table(spikes))
+    if png:
+        print(f"plot: {png}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrain.trainer import main as pretrain_main
+
+    return pretrain_main(["--config", args.config, "--set", *args.set])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2hf", description="LLM360 K2 on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("dir")
     order.add_argument("--checkpoint", type=int, help="1-based checkpoint number (ckpt_001 = 1)")
     order.set_defaults(func=_data_order)
+
+    spikes = sub.add_parser("spikes", help="loss-spike analysis").add_subparsers(dest="spikes_command", required=True)
+    analyze = spikes.add_parser("analyze", help="table + PNG of benign/malignant spikes of a run or a CSV/JSONL curve")
+    analyze.add_argument("source", help="a pretraining run dir, or a CSV/JSONL with step, loss, grad_norm")
+    analyze.add_argument("--out", help="PNG path (default: spikes.png beside the source)")
+    analyze.add_argument("--window", type=int, default=50)
+    analyze.add_argument("--threshold", type=float, default=6.0)
+    analyze.add_argument("--min-delta", type=float, default=0.1)
+    analyze.add_argument("--recovery-steps", type=int, default=20)
+    analyze.add_argument("--malignant-steps", type=int, default=100)
+    analyze.set_defaults(func=_spikes_analyze)
+
+    pretrain = sub.add_parser("pretrain", help="run pretraining in this process (multi-GPU: accelerate launch "
+                              "pretrain/train.py)")
+    pretrain.add_argument("--config", required=True)
+    pretrain.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    pretrain.set_defaults(func=_pretrain)
 
     demo = sub.add_parser("demo", help="the K2 story on built-in sample data, on CPU")
     demo.add_argument("--out", default="outputs/demo")

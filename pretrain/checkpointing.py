@@ -38,7 +38,11 @@ class TrainerState:
     step_in_chunk: int = 0  # optimizer steps already taken in that chunk
     skipped_rows: dict[str, list[list[int]]] = field(default_factory=dict)  # chunk -> row ranges never trained on
     rollbacks: int = 0
-    data_seed: int = 0  # row order inside the current chunk (changed by the `reseed` spike policy)
+    # changes made by loss-spike rollbacks (keys are chunk indices as strings, for JSON)
+    resume_steps: dict[str, int] = field(default_factory=dict)  # a deferred chunk restarts at this step
+    skip_steps: dict[str, list[list[int]]] = field(default_factory=dict)  # [start, end) step ranges not trained
+    reseeds: dict[str, list[int]] = field(default_factory=dict)  # [from_step, seed]: remaining rows re-shuffled
+    deferred: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

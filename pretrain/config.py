@@ -76,6 +76,9 @@ class SpikeSection:
     malignant_steps: int = 100
     policy: Literal["defer_chunk", "skip_window", "reseed", "halt"] = "defer_chunk"
     max_rollbacks: int = 3
+    # Drill only: until the first rollback this chunk reads as uniform random tokens, which drives a malignant
+    # spike on purpose so that detection, rollback and every policy can be exercised end to end.
+    drill_poison_chunk: int | None = None
 
 
 @dataclass
@@ -156,6 +159,14 @@ def _validate(config: TrainConfig) -> None:
         raise TrainConfigError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
     if config.model.preset not in ("tiny", "k2_65b", "k2_chat_65b"):
         raise TrainConfigError(f"model.preset must be tiny, k2_65b or k2_chat_65b (got {config.model.preset!r})")
+    sp = config.spikes
+    if sp.policy not in ("defer_chunk", "skip_window", "reseed", "halt"):
+        raise TrainConfigError(f"spikes.policy must be defer_chunk, skip_window, reseed or halt (got {sp.policy!r})")
+    if sp.window < 4 or sp.malignant_steps < 1 or sp.recovery_steps < 1 or sp.threshold <= 0:
+        raise TrainConfigError("spikes: need window >= 4, malignant_steps >= 1, recovery_steps >= 1, threshold > 0")
+    if sp.recovery_steps >= sp.malignant_steps:
+        raise TrainConfigError(
+            f"spikes.recovery_steps ({sp.recovery_steps}) must be < spikes.malignant_steps ({sp.malignant_steps})")
     if config.checkpoint.every_steps is not None and config.checkpoint.every_steps < 1:
         raise TrainConfigError("checkpoint.every_steps must be >= 1 (or null for chunk checkpoints only)")
 

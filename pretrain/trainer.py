@@ -98,7 +98,7 @@ class Pretrainer:
         self.data_log = DataSequenceLog(self.output_dir / DATA_LOG, is_main)
         self.metrics = MetricsLog(self.output_dir / METRICS)
         self.tokenizer = self.data.tokenizer()
-        self.state = TrainerState(order=list(self.data.chunk_order), data_seed=config.seed)
+        self.state = TrainerState(order=list(self.data.chunk_order))
         self.total_steps = self._planned_steps(self.state.order)
 
     # ---------------------------------------------------------------- setup
@@ -206,27 +206,30 @@ class Pretrainer:
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
 
     def rows_for_step(self, chunk: int, step_in_chunk: int) -> tuple[int, int, np.ndarray]:
-        """This rank's row indices for one step, plus the global row range the whole step consumes."""
+        """This rank's row indices for one step, plus the global (ordered) row range the whole step consumes."""
         g = self.geometry
         start = step_in_chunk * g.global_rows
         rank = self.accelerator.process_index
-        key = (chunk, self.state.data_seed)
+        key = (chunk, tuple(self.state.reseeds.get(str(chunk), ())))
         if getattr(self, "_order_key", None) != key:
             self._order_key = key
-            self._order = _row_order(self.data.manifest["chunks"][chunk]["rows"], self.state.data_seed,
-                                     self.config.seed, chunk)
-        order = self._order
-        mine = order[start + rank * g.rows_per_rank : start + (rank + 1) * g.rows_per_rank]
+            self._order = row_order(self.data.manifest["chunks"][chunk]["rows"], g.global_rows,
+                                    self.state.reseeds.get(str(chunk)))
+        mine = self._order[start + rank * g.rows_per_rank : start + (rank + 1) * g.rows_per_rank]
         return start, start + g.global_rows, mine
 
-    def train_step(self, chunk_data, rows: np.ndarray) -> tuple[float, float]:
+    def batch_rows(self, chunk: int, rows: np.ndarray) -> np.ndarray:
+        """Token rows for the given row indices (hook: the spike drill substitutes poison here)."""
+        return self.data.chunk(chunk).tokens[rows]
+
+    def train_step(self, chunk: int, rows: np.ndarray) -> tuple[float, float]:
         """One optimizer step over this rank's rows (gradient accumulation inside); returns (loss, grad norm)."""
         g = self.geometry
         losses = []
         grad_norm = None
         for i in range(g.grad_accum):
             micro = rows[i * g.micro_batch_size : (i + 1) * g.micro_batch_size]
-            batch = torch.from_numpy(chunk_data.tokens[micro].astype(np.int64)).to(self.accelerator.device)
+            batch = torch.from_numpy(self.batch_rows(chunk, micro).astype(np.int64)).to(self.accelerator.device)
             with self.accelerator.accumulate(self.model):
                 loss = self.model(input_ids=batch, labels=batch, use_cache=False).loss
                 self.accelerator.backward(loss)
@@ -243,52 +246,69 @@ class Pretrainer:
     def train(self) -> TrainerState:
         """Run (or resume) until the data sequence or ``max_steps`` is exhausted; returns the final state."""
         self.setup()
-        acc, state, g = self.accelerator, self.state, self.geometry
-        bar = tqdm(total=self.total_steps, initial=state.global_step, desc="pretrain", unit="step",
-                   disable=not acc.is_main_process)
+        acc, g = self.accelerator, self.geometry
+        self.bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="pretrain", unit="step",
+                        disable=not acc.is_main_process)
         peak = device_peak_tflops(self.config.log.peak_tflops)
-        while state.order_pos < len(state.order) and not self._done():
+        while not self._done():
+            state = self.state  # re-read every step: a rollback replaces it
+            if state.order_pos >= len(state.order):
+                break
             chunk = state.order[state.order_pos]
-            chunk_data = self.data.chunk(chunk)
             steps = self.steps_in_chunk(chunk)
-            while state.step_in_chunk < steps and not self._done():
-                row_start, row_end, rows = self.rows_for_step(chunk, state.step_in_chunk)
-                started = time.perf_counter()
-                loss, grad_norm = self.train_step(chunk_data, rows)
-                elapsed = time.perf_counter() - started
-                state.global_step += 1
+            if state.step_in_chunk >= steps:
+                self._finish_chunk(chunk, steps)
+                continue
+            if self._skipped(chunk, state.step_in_chunk):
+                row_start, row_end, _ = self.rows_for_step(chunk, state.step_in_chunk)
+                state.skipped_rows.setdefault(str(chunk), []).append([row_start, row_end])
+                self.data_log.write({"step": state.global_step, "event": "skip", "chunk": chunk,
+                                     "rows": [row_start, row_end]})
                 state.step_in_chunk += 1
-                tokens_per_s = g.global_rows * g.seq_len / elapsed
-                record = {
-                    "step": state.global_step, "loss": loss, "grad_norm": grad_norm,
-                    "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                    "mfu": (tokens_per_s * self.flops_per_token / acc.num_processes / (peak * 1e12)) if peak else None,
-                    "peak_mem_gb": peak_memory_gb(), "chunk": chunk,
-                }
-                self.data_log.write({"step": state.global_step, "chunk": chunk, "order_pos": state.order_pos,
-                                     "rows": [row_start, row_end], "data_seed": state.data_seed})
-                if acc.is_main_process:
-                    self.metrics.append(record)
-                acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=state.global_step)
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-                if self.on_step(record):
-                    break
-                every = self.config.checkpoint.every_steps
-                if every and state.global_step % every == 0 and state.step_in_chunk < steps:
-                    self.checkpoint(step_checkpoint_name(state.global_step))
-            else:
-                if state.step_in_chunk >= steps:
-                    self._finish_chunk(chunk, steps)
-        bar.close()
+                continue
+            row_start, row_end, rows = self.rows_for_step(chunk, state.step_in_chunk)
+            started = time.perf_counter()
+            loss, grad_norm = self.train_step(chunk, rows)
+            elapsed = time.perf_counter() - started
+            state.global_step += 1
+            state.step_in_chunk += 1
+            tokens_per_s = g.global_rows * g.seq_len / elapsed
+            record = {
+                "step": state.global_step, "loss": loss, "grad_norm": grad_norm,
+                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                "mfu": (tokens_per_s * self.flops_per_token / acc.num_processes / (peak * 1e12)) if peak else None,
+                "peak_mem_gb": peak_memory_gb(), "chunk": chunk,
+            }
+            entry = {"step": state.global_step, "chunk": chunk, "order_pos": state.order_pos, "rows": [row_start, row_end]}
+            if str(chunk) in state.reseeds:  # positions are no longer row numbers: record the rows themselves
+                entry["row_ids"] = self._order[row_start:row_end].tolist()
+            self.data_log.write(entry)
+            if acc.is_main_process:
+                self.metrics.append(record)
+            acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=state.global_step)
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            if self.on_step(record):
+                continue  # the hook rolled back (or halted): state and position changed
+            every = self.config.checkpoint.every_steps
+            if every and state.global_step % every == 0 and state.step_in_chunk < steps:
+                self.checkpoint(step_checkpoint_name(state.global_step))
+        self.bar.close()
         if acc.is_main_process:
-            plot_training_curves(self.metrics.read(), self.output_dir / CURVES)
+            plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans())
         acc.end_training()
-        return state
+        return self.state
 
     def on_step(self, record: dict) -> bool:
-        """Hook after every step (spike detection); return True to leave the current chunk loop."""
+        """Hook after every step (spike detection); return True when it changed the training position."""
         return False
+
+    def spike_spans(self) -> list[dict]:
+        """Spans to shade in the training-curve plot (spike-aware trainers override)."""
+        return []
+
+    def _skipped(self, chunk: int, step_in_chunk: int) -> bool:
+        return any(a <= step_in_chunk < b for a, b in self.state.skip_steps.get(str(chunk), []))
 
     def _done(self) -> bool:
         return bool(self.config.max_steps) and self.state.global_step >= self.config.max_steps
@@ -299,12 +319,16 @@ class Pretrainer:
         used = steps * self.geometry.global_rows
         if used < rows:
             state.skipped_rows.setdefault(str(chunk), []).append([used, rows])
-        self.data_log.write({"step": state.global_step, "event": "chunk_end", "chunk": chunk,
-                             "order_pos": state.order_pos, "rows_trained": used, "rows_not_trained": [used, rows]})
+        entry = {"step": state.global_step, "event": "chunk_end", "chunk": chunk, "order_pos": state.order_pos,
+                 "rows_trained": used, "rows_not_trained": [used, rows]}
+        if str(chunk) in state.reseeds:
+            self.rows_for_step(chunk, 0)  # make sure the cached order is this chunk's
+            entry["row_ids_not_trained"] = self._order[used:rows].tolist()
+        self.data_log.write(entry)
         name = chunk_checkpoint_name(state.order_pos)
         state.order_pos += 1
-        state.step_in_chunk = 0
-        state.data_seed = self.config.seed
+        next_chunk = state.order[state.order_pos] if state.order_pos < len(state.order) else None
+        state.step_in_chunk = state.resume_steps.pop(str(next_chunk), 0)
         self.checkpoint(name)
 
     def checkpoint(self, name: str) -> Path:
@@ -312,15 +336,19 @@ class Pretrainer:
         if self.accelerator.is_main_process:
             cfg = self.config.checkpoint
             apply_retention(self.ckpt_root, cfg.keep_chunk_checkpoints, cfg.keep_step_checkpoints, protect={name})
-            plot_training_curves(self.metrics.read(), self.output_dir / CURVES)
+            plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans())
         return path
 
 
-def _row_order(rows: int, data_seed: int, base_seed: int, chunk: int) -> np.ndarray:
-    """Row order inside a chunk: as written (already shuffled by prepare) unless a spike policy reseeded it."""
-    if data_seed == base_seed:
-        return np.arange(rows)
-    return np.random.default_rng([data_seed, chunk]).permutation(rows)
+def row_order(rows: int, global_rows: int, reseed: list[int] | None) -> np.ndarray:
+    """Row order inside a chunk: as written (already shuffled by prepare); after a `reseed` rollback the rows
+    from step ``from_step`` on are re-shuffled with the new seed (rows before it were already trained)."""
+    order = np.arange(rows)
+    if reseed:
+        from_step, seed = reseed
+        cut = from_step * global_rows
+        order[cut:] = np.random.default_rng(seed).permutation(order[cut:])
+    return order
 
 
 def _flat_config(tree: dict, prefix: str = "") -> dict:

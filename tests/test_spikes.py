@@ -1,0 +1,215 @@
+"""Loss spikes: detector on synthetic curves, the end-to-end rollback drill for every policy, offline analysis."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from conftest import REPO_ROOT
+from k2hf import cli
+from k2hf.pretrain.config import SpikeSection, load_train_config
+from k2hf.pretrain.data.config import load_data_config
+from k2hf.pretrain.data.prepare import prepare
+from k2hf.pretrain.data.reader import PreparedData
+from k2hf.pretrain.spikes import detect, effective_data_sequence
+
+
+def _curve(n=600, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    loss = 3.0 - 0.3 * np.log1p(np.arange(n) / 50) + rng.normal(0, noise, n)
+    grad = 0.5 + rng.normal(0, 0.05, n)
+    return loss, grad
+
+
+def _records(loss, grad):
+    return [{"step": i + 1, "loss": float(a), "grad_norm": float(b)} for i, (a, b) in enumerate(zip(loss, grad))]
+
+
+def test_one_step_spike_with_large_grad_norm_is_benign():
+    loss, grad = _curve()
+    loss[200] += 1.5
+    grad[200] = 9.0
+    spikes = detect(_records(loss, grad), SpikeSection())
+    assert len(spikes) == 1
+    s = spikes[0]
+    assert (s["onset_step"], s["duration"], s["class"], s["late_recovery"]) == (201, 1, "benign", False)
+    assert s["grad_norm_max"] == 9.0
+
+
+def test_long_plateau_with_small_grad_norms_is_malignant():
+    loss, grad = _curve()
+    loss[300:450] += 0.8
+    grad[300:450] = 0.2
+    spikes = detect(_records(loss, grad), SpikeSection())
+    assert [(s["onset_step"], s["end_step"], s["class"]) for s in spikes] == [(301, 450, "malignant")]
+    assert spikes[0]["grad_norm_median"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_but_healthy_curve_has_no_spikes(seed):
+    """Per-step noise (sd 0.05), a slow +-0.1 oscillation (data-mixture drift) and the decay: no false positives."""
+    loss, grad = _curve(n=3000, noise=0.05, seed=seed)
+    loss += 0.1 * np.sin(np.arange(3000) * 2 * np.pi / 400)
+    assert detect(_records(loss, grad), SpikeSection()) == []
+
+
+def test_thresholds_are_respected():
+    base, grad = _curve(noise=0.0)
+    below = base.copy()
+    below[300:305] += 0.09  # under min_delta = 0.1 (noise-free: the MAD floor is min_delta / threshold)
+    assert detect(_records(below, grad), SpikeSection()) == []
+    above = base.copy()
+    above[300:305] += 0.2
+    assert [s["class"] for s in detect(_records(above, grad), SpikeSection())] == ["benign"]
+    config = SpikeSection(recovery_steps=20, malignant_steps=100)
+    for length, expected, late in ((20, "benign", False), (21, "benign", True), (99, "benign", True),
+                                   (100, "malignant", False)):
+        curve = base.copy()
+        curve[300 : 300 + length] += 0.5
+        (spike,) = detect(_records(curve, grad), config)
+        assert (spike["duration"], spike["class"], spike["late_recovery"]) == (length, expected, late), length
+
+
+# ------------------------------------------------------------------ end-to-end drill (CPU, one process)
+
+DRILL = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
+         "malignant_steps": 4, "drill_poison_chunk": 2}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spike-data") / "sample"
+    prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml"), out, progress=False)
+    return out
+
+
+def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from k2hf.pretrain.trainer import run
+
+    recipe = {
+        "data": str(data), "output_dir": str(tmp / name), "global_batch_tokens": 128, "micro_batch_size": 1,
+        "precision": "fp32", "seed": 42, "model": {"preset": "tiny", "overrides": {"vocab_size": "auto"}},
+        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2}, "log": {"tensorboard": False},
+    }
+    if spikes:
+        recipe["spikes"] = spikes
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    try:
+        run(load_train_config(path))
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+    return tmp / name
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _dataset_loss(checkpoint: Path, data: Path) -> float:
+    """Mean loss of a model over every row of the prepared data (the same rows for both runs)."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    prepared = PreparedData(data)
+    rows = np.concatenate([np.asarray(prepared.chunk(c).tokens) for c in range(prepared.num_chunks)])
+    with torch.no_grad():
+        x = torch.from_numpy(rows.astype(np.int64))
+        return model(input_ids=x, labels=x).loss.item()
+
+
+@pytest.fixture(scope="module")
+def clean_run(data_dir, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("clean"), data_dir, "clean", None)
+
+
+def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_run, tmp_path):
+    """How the drill injects it: `spikes.drill_poison_chunk: 2` makes chunk 2 read as uniform random tokens until
+    the first rollback. Loss jumps ~2 nats above baseline and stays there -> malignant after 4 steps."""
+    run = _run(tmp_path, data_dir, "drill", {**DRILL, "policy": "defer_chunk"})
+    (event,) = _jsonl(run / "spikes.jsonl")
+    assert (event["onset_step"], event["end_step"], event["class"]) == (19, 22, "malignant")
+    assert event["action"] == "rollback to ckpt_002 + defer_chunk"
+    assert event["peak_loss"] > event["baseline"] + 1.0
+    # evidence: the diverged model at detection, loadable, with the curve that diverged
+    evidence = run / "spikes" / "spike_001_step_0000022"
+    assert json.loads((evidence / "trainer_state.json").read_text())["global_step"] == 22
+    assert AutoModelForCausalLM.from_pretrained(evidence).config.model_type == "k2"
+    diverged = {r["step"]: r["loss"] for r in _jsonl(evidence / "metrics_diverged.jsonl")}
+    assert max(diverged[s] for s in range(19, 23)) == pytest.approx(event["peak_loss"])
+    # the data-sequence log records the rollback and the new order; the effective sequence is what was trained
+    log = _jsonl(run / "data_sequence.jsonl")
+    (rollback,) = [e for e in log if e.get("event") == "rollback"]
+    assert (rollback["to_step"], rollback["to"], rollback["order"], rollback["evidence"]) == (
+        18, "ckpt_002", [0, 1, 3, 2], "spikes/spike_001_step_0000022")
+    steps = effective_data_sequence(log)
+    assert [s["step"] for s in steps] == list(range(1, 37))
+    assert [s["chunk"] for s in steps] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
+    final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
+    assert final["order"] == [0, 1, 3, 2] and final["rollbacks"] == 1 and final["global_step"] == 36
+    assert [r["step"] for r in _jsonl(run / "metrics.jsonl")] == list(range(1, 37))  # diverged steps replaced
+    # the run ends where a clean run does: same rows, other order; loss over all rows within 0.15 nats
+    drill_loss = _dataset_loss(run / "checkpoints" / "ckpt_004", data_dir)
+    clean_loss = _dataset_loss(clean_run / "checkpoints" / "ckpt_004", data_dir)
+    assert abs(drill_loss - clean_loss) < 0.15, (drill_loss, clean_loss)
+    assert not (clean_run / "spikes.jsonl").exists()
+
+
+def test_drill_skip_window_skips_the_spike_rows(data_dir, tmp_path):
+    run = _run(tmp_path, data_dir, "skip", {**DRILL, "policy": "skip_window"})
+    log = _jsonl(run / "data_sequence.jsonl")
+    skips = [e for e in log if e.get("event") == "skip"]
+    assert [(e["chunk"], e["rows"]) for e in skips] == [(2, [0, 2]), (2, [2, 4]), (2, [4, 6]), (2, [6, 8])]
+    final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
+    assert final["global_step"] == 32 and final["skip_steps"] == {"2": [[0, 4]]}
+    assert [s["chunk"] for s in effective_data_sequence(log)] == [0] * 9 + [1] * 9 + [2] * 5 + [3] * 9
+
+
+def test_drill_reseed_reshuffles_the_rest_of_the_chunk(data_dir, tmp_path):
+    run = _run(tmp_path, data_dir, "reseed", {**DRILL, "policy": "reseed"})
+    steps = effective_data_sequence(_jsonl(run / "data_sequence.jsonl"))
+    chunk2 = [s for s in steps if s["chunk"] == 2]
+    assert len(chunk2) == 9 and all("row_ids" in s for s in chunk2)
+    ids = [i for s in chunk2 for i in s["row_ids"]]
+    assert len(set(ids)) == 18 and set(ids) < set(range(19)) and ids != sorted(ids)  # distinct rows, new order
+    (end,) = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "chunk_end" and e["chunk"] == 2]
+    assert set(ids) | set(end["row_ids_not_trained"]) == set(range(19))
+
+
+def test_drill_halt_stops_and_reports(data_dir, tmp_path):
+    run = _run(tmp_path, data_dir, "halt", {**DRILL, "policy": "halt"})
+    (event,) = _jsonl(run / "spikes.jsonl")
+    assert event["action"] == "halt"
+    halts = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "halt"]
+    assert halts and halts[0]["step"] == 22 and (run / "spikes" / "spike_001_step_0000022").is_dir()
+    assert max(r["step"] for r in _jsonl(run / "metrics.jsonl")) == 22
+
+
+def test_analyze_run_dir_and_csv(data_dir, tmp_path, capsys):
+    run = _run(tmp_path, data_dir, "drill", {**DRILL, "policy": "defer_chunk"})
+    evidence = run / "spikes" / "spike_001_step_0000022" / "metrics_diverged.jsonl"
+    args = ["--window", "8", "--min-delta", "0.3", "--recovery-steps", "2", "--malignant-steps", "4"]
+    assert cli.main(["spikes", "analyze", str(evidence), *args]) == 0
+    out = capsys.readouterr().out
+    assert "     19      22     4" in out and "malignant" in out
+    assert (evidence.parent / "spikes.png").stat().st_size > 10_000
+    # a W&B-style CSV export
+    loss, grad = _curve()
+    loss[200] += 1.5
+    loss[300:450] += 0.8
+    grad[300:450] = 0.2
+    csv_path = tmp_path / "export.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "grad_norm"])
+        writer.writeheader()
+        writer.writerows(_records(loss, grad))
+    assert cli.main(["spikes", "analyze", str(csv_path), "--out", str(tmp_path / "curve.png")]) == 0
+    out = capsys.readouterr().out
+    assert "benign" in out and "malignant" in out and (tmp_path / "curve.png").stat().st_size > 10_000
