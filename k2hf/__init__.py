@@ -10,6 +10,7 @@ from .chat_template import (
     apply_chat_template_to,
     conversation_segments,
     encode_chat,
+    encode_chats,
     k2_chat_template,
     validate_conversation,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "build_k2_tokenizer",
     "conversation_segments",
     "encode_chat",
+    "encode_chats",
     "encode_plain_text",
     "k2_chat_template",
     "validate_conversation",

@@ -43,29 +43,35 @@ def apply_chat_template_to(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToke
 
 
 class ConversationError(ValueError):
-    """A conversation that the K2-Chat format cannot express."""
+    """A conversation that the K2-Chat format cannot express; ``reason`` is a short code for reports."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def validate_conversation(messages: Sequence[Message]) -> None:
     """Raise :class:`ConversationError` unless: optional first system message, then user/assistant alternating."""
     if not messages:
-        raise ConversationError("K2-Chat: empty conversation")
+        raise ConversationError("K2-Chat: empty conversation", "empty_conversation")
     offset = 1 if messages[0].get("role") == "system" else 0
     for index, message in enumerate(messages):
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise ConversationError(
-                f"K2-Chat: unknown role {role!r} at message {index}; roles are system (first only), user, assistant"
+                f"K2-Chat: unknown role {role!r} at message {index}; roles are system (first only), user, assistant",
+                "unknown_role",
             )
         if index >= offset:
             expected = "user" if (index - offset) % 2 == 0 else "assistant"
             if role != expected:
                 raise ConversationError(
                     f"K2-Chat: expected role {expected!r} at message {index}, got {role!r}; after an optional first "
-                    "system message, user and assistant must alternate starting with user"
+                    "system message, user and assistant must alternate starting with user",
+                    "non_alternating",
                 )
         if not isinstance(message.get("content"), str):
-            raise ConversationError(f"K2-Chat: message content must be a string (message {index})")
+            raise ConversationError(f"K2-Chat: message content must be a string (message {index})", "non_string_content")
 
 
 @dataclass(frozen=True)
@@ -109,16 +115,32 @@ def encode_chat(
     Returns ``{"input_ids": [...], "assistant_masks": [...]}`` where the mask is 1 exactly on each reply's
     tokens and its eos (what ``apply_chat_template(..., return_assistant_tokens_mask=True)`` marks).
     """
-    segments = list(conversation_segments(messages, tokenizer.eos_token, add_generation_prompt))
-    texts = [s.text for s in segments if s.text is not None]
+    return encode_chats(tokenizer, [messages], add_generation_prompt)[0]
+
+
+def encode_chats(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Message]], add_generation_prompt: bool = False
+) -> list[dict[str, list[int]]]:
+    """:func:`encode_chat` for many conversations with one tokenizer call (what the SFT packer uses)."""
+    all_segments = [list(conversation_segments(m, tokenizer.eos_token, add_generation_prompt)) for m in conversations]
+    texts = [seg.text for segments in all_segments for seg in segments if seg.text is not None]
     encoded = iter(encode_plain_text(tokenizer, texts) if texts else [])
-    input_ids: list[int] = []
-    masks: list[int] = []
-    for segment in segments:
-        ids = next(encoded) if segment.text is not None else [tokenizer.convert_tokens_to_ids(segment.control)]
-        input_ids.extend(ids)
-        masks.extend([int(segment.trained)] * len(ids))
-    return {"input_ids": input_ids, "assistant_masks": masks}
+    control_ids: dict[str, int] = {}
+    results = []
+    for segments in all_segments:
+        input_ids: list[int] = []
+        masks: list[int] = []
+        for segment in segments:
+            if segment.text is not None:
+                ids = next(encoded)
+            else:
+                if segment.control not in control_ids:
+                    control_ids[segment.control] = tokenizer.convert_tokens_to_ids(segment.control)
+                ids = [control_ids[segment.control]]
+            input_ids.extend(ids)
+            masks.extend([int(segment.trained)] * len(ids))
+        results.append({"input_ids": input_ids, "assistant_masks": masks})
+    return results
 
 
 __all__ = [
@@ -127,6 +149,7 @@ __all__ = [
     "apply_chat_template_to",
     "conversation_segments",
     "encode_chat",
+    "encode_chats",
     "k2_chat_template",
     "validate_conversation",
 ]

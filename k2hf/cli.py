@@ -117,6 +117,34 @@ def _pretrain(args: argparse.Namespace) -> int:
     return pretrain_main(["--config", args.config, "--set", *args.set])
 
 
+def _sft_pack(args: argparse.Namespace) -> int:
+    from .finetune.packing import pack
+    from .finetune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, _overrides(args.set))
+    report = pack(recipe, args.out)
+    print(f"packed {report['documents']} conversations into {report['rows']} rows of <= {report['max_length']} "
+          f"tokens (fill {report['fill_ratio']:.3f}, trained tokens {report['trained_fraction']:.1%}) -> "
+          f"{args.out or recipe.packed_path}")
+    for source in report["sources"]:
+        rejected = ", ".join(f"{k} {v}" for k, v in source["rejected"].items()) or "none"
+        print(f"  {source['name']}: {source['read']} read, rejected: {rejected}; {source['drawn']} drawn "
+              f"(target {source['target']}), overlong: {source['overlong'] or 'none'}")
+    return 0
+
+
+def _sft_train(args: argparse.Namespace) -> int:
+    from .finetune.train import main as sft_main
+
+    return sft_main(["--recipe", args.recipe, "--set", *args.set])
+
+
+def _overrides(items: list[str]) -> dict:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in items)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2hf", description="LLM360 K2 on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", required=True)
     pretrain.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     pretrain.set_defaults(func=_pretrain)
+
+    sft = sub.add_parser("sft", help="K2-Chat SFT: pack the data, train").add_subparsers(dest="sft_command",
+                                                                                        required=True)
+    sft_pack = sft.add_parser("pack", help="all the data work of a recipe: packed Arrow dataset + report")
+    sft_pack.add_argument("--recipe", required=True)
+    sft_pack.add_argument("--out", default=None, help="default: the recipe's packed_dir")
+    sft_pack.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    sft_pack.set_defaults(func=_sft_pack)
+    sft_train = sft.add_parser("train", help="fine-tune in this process (multi-GPU: accelerate launch finetune/sft.py)")
+    sft_train.add_argument("--recipe", required=True)
+    sft_train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    sft_train.set_defaults(func=_sft_train)
 
     demo = sub.add_parser("demo", help="the K2 story on built-in sample data, on CPU")
     demo.add_argument("--out", default="outputs/demo")

@@ -1,0 +1,239 @@
+"""``k2hf sft pack``: sources -> K2-Chat conversations -> ids + assistant-only labels -> 8K packed rows.
+
+* Conversations are encoded structurally (:func:`k2hf.encode_chats`): message text can never become a control
+  token, and labels are the ids on each reply and its eos, -100 elsewhere (system, user, control tokens and
+  ``<|endofchat|>``).
+* Conversations longer than ``max_length`` follow the recipe's policy: ``split_turns`` (cut at turn boundaries
+  into several conversations, each keeping the system prompt; a single turn still too long is truncated),
+  ``truncate`` or ``drop``.
+* Packing is TRL's best-fit-decreasing (``trl.pack_dataset(strategy="bfd")``), which writes ``seq_lengths`` per
+  row; TRL's collator turns them into ``position_ids`` restarting per conversation, and K2 isolates documents
+  from those on sdpa/flex/flash-attn.
+
+The saved dataset (Arrow, ``input_ids``/``labels``/``seq_lengths``) goes straight into ``SFTTrainer``;
+``report.json`` accounts for every input conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from k2hf.chat_template import encode_chats
+
+from .mixture import sample_indices, target_count
+from .recipe import SFTRecipe
+from .sources import AdapterError, Rejected, read_rows, resolve_paths, to_conversation
+
+REPORT = "report.json"
+DATASET = "dataset"
+ENCODE_BATCH = 512
+IGNORE = -100
+
+
+class StrictModeError(ValueError):
+    """A rejected conversation under ``strict: true``."""
+
+
+def load_sft_tokenizer(recipe: SFTRecipe):
+    """The K2 tokenizer of the base model (or ``recipe.tokenizer``), with the K2-Chat template."""
+    from transformers import AutoTokenizer
+
+    from k2hf.chat_template import apply_chat_template_to
+
+    source = recipe.resolve(recipe.tokenizer or recipe.model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.chat_template is None:
+        apply_chat_template_to(tokenizer)
+    return tokenizer
+
+
+def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, int, list]], list[dict]]:
+    """Read, adapt and sample every source. Returns the selected ``(source, record, messages)`` and per-source
+    reports (read / rejected by reason / valid / drawn)."""
+    pools, reports = [], []
+    for s_index, spec in enumerate(recipe.sources):
+        paths = resolve_paths(spec.paths, recipe.base_dir) if spec.paths else None
+        valid: list[tuple[int, list]] = []
+        rejected: Counter = Counter()
+        examples: list[str] = []
+        read = 0
+        for record, row in tqdm(read_rows(paths, spec.hub), desc=f"read {spec.name}", unit="conv", disable=not progress):
+            read += 1
+            try:
+                if isinstance(row, Rejected):
+                    raise AdapterError(row.reason, row.detail)
+                valid.append((record, to_conversation(spec.kind, row, spec.options)))
+            except AdapterError as error:
+                if recipe.strict:
+                    raise StrictModeError(f"source {spec.name!r} record {record}: {error.reason}: {error}") from None
+                rejected[error.reason] += 1
+                if len(examples) < 5:
+                    examples.append(f"record {record}: {error.reason}: {error}")
+        pools.append(valid)
+        reports.append({"name": spec.name, "kind": spec.kind, "sources": paths or [f"hub:{spec.hub['path']}"],
+                        "read": read, "rejected": dict(rejected), "reject_examples": examples, "valid": len(valid)})
+    weights_sum = sum(s.weight or 0.0 for s in recipe.sources)
+    selected = []
+    for s_index, (spec, pool, report) in enumerate(zip(recipe.sources, pools, reports)):
+        count = target_count(spec.target, spec.weight, recipe.total, weights_sum, len(pool))
+        picks = sample_indices(len(pool), count, seed=recipe.seed + s_index)
+        selected.extend((s_index, pool[i][0], pool[i][1]) for i in picks)
+        distinct = len(np.unique(picks))
+        report.update(target=count, drawn=int(len(picks)), distinct_drawn=distinct, not_drawn=len(pool) - distinct)
+    return selected, reports
+
+
+def encode_conversations(tokenizer, conversations: list[list], max_length: int, policy: str) -> list[tuple]:
+    """``(input_ids, labels, status)`` pieces per conversation; status is kept/truncated/split/dropped."""
+    out = []
+    for conversation, encoded in zip(conversations, encode_chats(tokenizer, conversations)):
+        ids = encoded["input_ids"]
+        if len(ids) <= max_length:
+            out.append([(ids, _labels(encoded), "kept")])
+        elif policy == "drop":
+            out.append([([], [], "dropped")])
+        elif policy == "truncate":
+            out.append([(ids[:max_length], _labels(encoded)[:max_length], "truncated")])
+        else:
+            out.append(_split_turns(tokenizer, conversation, max_length))
+    return out
+
+
+def _labels(encoded: dict) -> list[int]:
+    return [t if m else IGNORE for t, m in zip(encoded["input_ids"], encoded["assistant_masks"])]
+
+
+def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
+    """Cut at user/assistant turn boundaries into conversations that fit, each repeating the system prompt."""
+    system = conversation[:1] if conversation[0]["role"] == "system" else []
+    turns = conversation[len(system):]
+    pairs = [turns[i : i + 2] for i in range(0, len(turns), 2)]
+    pieces, current = [], []
+    for pair in pairs:
+        candidate = system + [m for p in current + [pair] for m in p]
+        if current and len(encode_chats(tokenizer, [candidate])[0]["input_ids"]) > max_length:
+            pieces.append(system + [m for p in current for m in p])
+            current = [pair]
+        else:
+            current.append(pair)
+    pieces.append(system + [m for p in current for m in p])
+    out = []
+    for piece, encoded in zip(pieces, encode_chats(tokenizer, pieces)):
+        ids, labels = encoded["input_ids"], _labels(encoded)
+        status = "split" if len(ids) <= max_length else "split_truncated"
+        out.append((ids[:max_length], labels[:max_length], status))
+    return out
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _encode_job(args: tuple) -> list[tuple]:
+    conversations, max_length, policy = args
+    return encode_conversations(_WORKER_TOKENIZER, conversations, max_length, policy)
+
+
+def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Do all the data work of the recipe into ``out`` (default: the recipe's packed dir); returns the report."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from trl import pack_dataset
+
+    out = Path(out) if out is not None else recipe.packed_path
+    started = time.perf_counter()
+    tokenizer = load_sft_tokenizer(recipe)
+    selected, source_reports = collect(recipe, progress)
+    conversations = [messages for _, _, messages in selected]
+    batches = [(conversations[i : i + ENCODE_BATCH], recipe.max_length, recipe.overlong)
+               for i in range(0, len(conversations), ENCODE_BATCH)]
+    bar = tqdm(total=len(conversations), desc="encode", unit="conv", disable=not progress)
+    encoded: list[list[tuple]] = []
+    if recipe.num_proc > 1 and len(batches) > 1:
+        with ProcessPoolExecutor(recipe.num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+            for result in pool.map(_encode_job, batches):
+                encoded.extend(result)
+                bar.update(len(result))
+    else:
+        for conv_batch, max_length, policy in batches:
+            result = encode_conversations(tokenizer, conv_batch, max_length, policy)
+            encoded.extend(result)
+            bar.update(len(result))
+    bar.close()
+
+    statuses = [Counter() for _ in recipe.sources]
+    input_ids, labels = [], []
+    for (s_index, _, _), pieces in zip(selected, encoded):
+        for ids, lab, status in pieces:
+            statuses[s_index][status] += 1
+            if ids:
+                input_ids.append(ids)
+                labels.append(lab)
+    table = pa.table({"input_ids": pa.array(input_ids, type=pa.list_(pa.int32())),
+                      "labels": pa.array(labels, type=pa.list_(pa.int32()))})
+    packed = pack_dataset(Dataset(table), seq_length=recipe.max_length, strategy="bfd")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    packed.save_to_disk(str(tmp / DATASET))
+    report = _report(recipe, source_reports, statuses, packed, len(input_ids), time.perf_counter() - started)
+    (tmp / REPORT).write_text(json.dumps(report, indent=1))
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return report
+
+
+def _report(recipe, source_reports, statuses, packed, documents: int, seconds: float) -> dict:
+    seq_lengths = packed["seq_lengths"]
+    row_lengths = [sum(s) for s in seq_lengths]
+    label_column = packed.data.column("labels").combine_chunks()
+    label_values = label_column.values.to_numpy()
+    tokens = int(sum(row_lengths))
+    trained = int((label_values != IGNORE).sum())
+    for report, status in zip(source_reports, statuses):
+        conversations_drawn = report["drawn"]
+        report["overlong"] = {k: v for k, v in status.items() if k != "kept"}
+        report["documents_packed"] = sum(v for k, v in status.items() if k != "dropped")
+        report["conversations_dropped"] = status.get("dropped", 0)
+        report["conversations_packed"] = conversations_drawn - status.get("dropped", 0)
+    return {
+        "fingerprint": recipe.data_fingerprint(),
+        "max_length": recipe.max_length,
+        "overlong_policy": recipe.overlong,
+        "sources": source_reports,
+        "documents": sum(len(s) for s in seq_lengths),
+        "rows": len(row_lengths),
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_fraction": trained / tokens if tokens else 0.0,
+        "fill_ratio": tokens / (len(row_lengths) * recipe.max_length) if row_lengths else 0.0,
+        "max_row_length": max(row_lengths, default=0),
+        "seconds": round(seconds, 2),
+        "documents_encoded": documents,
+    }
+
+
+def load_packed(recipe: SFTRecipe, progress: bool = True):
+    """The packed dataset of ``recipe``: reused when its report matches the recipe's data, else rebuilt."""
+    from datasets import load_from_disk
+
+    path = recipe.packed_path
+    report_path = path / REPORT
+    if report_path.is_file() and json.loads(report_path.read_text()).get("fingerprint") == recipe.data_fingerprint():
+        return load_from_disk(str(path / DATASET)), json.loads(report_path.read_text())
+    report = pack(recipe, path, progress)
+    return load_from_disk(str(path / DATASET)), report

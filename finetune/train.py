@@ -1,0 +1,120 @@
+"""K2-Chat SFT on TRL's ``SFTTrainer``: full fine-tuning (DeepSpeed ZeRO-3 via the accelerate config) or
+LoRA/QLoRA via PEFT (recipe switch).
+
+k2hf packs the data itself (see :mod:`.packing`) and hands TRL finished rows (``input_ids``, ``labels``,
+``seq_lengths``): TRL skips its own preparation and its padding-free collator turns ``seq_lengths`` into
+``position_ids`` that restart per conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from k2hf.modeling import K2ForCausalLM
+
+from .packing import load_packed, load_sft_tokenizer
+from .recipe import SFTRecipe, load_recipe
+
+
+def build_model(recipe: SFTRecipe):
+    """The base model (K2 or LLaMA-format checkpoint), quantized for QLoRA when asked."""
+    kwargs = {"dtype": torch.bfloat16 if recipe.train.get("bf16") else torch.float32}
+    if recipe.lora and recipe.lora.quantize:
+        if not torch.cuda.is_available():
+            raise RuntimeError("QLoRA (lora.quantize) needs a CUDA GPU and bitsandbytes; use plain LoRA on CPU")
+        from transformers import BitsAndBytesConfig
+
+        bits = {"4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
+                "8bit": {"load_in_8bit": True}}[recipe.lora.quantize]
+        kwargs["quantization_config"] = BitsAndBytesConfig(**bits)
+    return K2ForCausalLM.from_pretrained(recipe.resolve(recipe.model), **kwargs)
+
+
+def peft_config(recipe: SFTRecipe):
+    if recipe.lora is None:
+        return None
+    from peft import LoraConfig
+
+    spec = recipe.lora
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def sft_config(recipe: SFTRecipe):
+    from trl import SFTConfig
+
+    args = {
+        "output_dir": recipe.resolve(recipe.output_dir),
+        "max_length": None,  # rows are packed to recipe.max_length already
+        "packing": False,
+        "padding_free": True,  # one row per batch element, position_ids from seq_lengths
+        "dataset_kwargs": {"skip_prepare_dataset": True},
+        "remove_unused_columns": False,
+        "seed": recipe.seed,
+        "bf16": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": ["tensorboard"],
+        "logging_dir": None,
+        **recipe.train,
+    }
+    if args.get("bf16") and not torch.cuda.is_available():
+        args["bf16"] = False  # TRL's default bf16 raises on CPU
+    args = {k: v for k, v in args.items() if v is not None or k == "max_length"}
+    return SFTConfig(**args)
+
+
+def train(recipe: SFTRecipe) -> Path:
+    """Pack (or reuse) the data, fine-tune, and save a model that loads with AutoModelForCausalLM and chats."""
+    from trl import SFTTrainer
+
+    dataset, report = load_packed(recipe)
+    tokenizer = load_sft_tokenizer(recipe)
+    trainer = SFTTrainer(
+        model=build_model(recipe),
+        args=sft_config(recipe),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(recipe),
+    )
+    trainer.train()
+    out = Path(recipe.resolve(recipe.output_dir)) / "final"
+    model = trainer.model
+    if recipe.lora is not None:
+        model.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()  # a plain K2 checkpoint next to the adapter, for `k2hf chat`
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        _save_history(trainer.state.log_history, Path(recipe.resolve(recipe.output_dir)))
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def _save_history(history: list[dict], out: Path) -> None:
+    """TRL's log history as JSONL and the SFT loss/grad-norm/lr curve as a PNG."""
+    from k2hf.pretrain.monitoring import plot_training_curves
+
+    records = [{"step": h["step"], "loss": h["loss"], "grad_norm": h.get("grad_norm"), "lr": h.get("learning_rate")}
+               for h in history if "loss" in h]
+    (out / "sft_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_training_curves(records, out / "sft_curves.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="K2-Chat SFT on TRL (launch with `accelerate launch`).")
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. train.max_steps=10")
+    args = parser.parse_args(argv)
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    out = train(load_recipe(args.recipe, overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved the fine-tuned model to {out}")
+    return 0
