@@ -17,6 +17,7 @@ The saved dataset (Arrow, ``input_ids``/``labels``/``seq_lengths``) goes straigh
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -92,24 +93,27 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
     return selected, reports
 
 
-def encode_conversations(tokenizer, conversations: list[list], max_length: int, policy: str) -> list[tuple]:
-    """``(input_ids, labels, status)`` pieces per conversation; status is kept/truncated/split/dropped."""
+def encode_conversations(tokenizer, conversations: list[list], max_length: int, policy: str,
+                         validated: bool = False) -> list[list[tuple]]:
+    """``(input_ids, labels, status)`` pieces (int32 arrays) per conversation; status: kept/truncated/split/dropped."""
     out = []
-    for conversation, encoded in zip(conversations, encode_chats(tokenizer, conversations)):
-        ids = encoded["input_ids"]
+    for conversation, encoded in zip(conversations, encode_chats(tokenizer, conversations, validate=not validated)):
+        ids, labels = _arrays(encoded)
         if len(ids) <= max_length:
-            out.append([(ids, _labels(encoded), "kept")])
+            out.append([(ids, labels, "kept")])
         elif policy == "drop":
-            out.append([([], [], "dropped")])
+            out.append([(ids[:0], labels[:0], "dropped")])
         elif policy == "truncate":
-            out.append([(ids[:max_length], _labels(encoded)[:max_length], "truncated")])
+            out.append([(ids[:max_length], labels[:max_length], "truncated")])
         else:
             out.append(_split_turns(tokenizer, conversation, max_length))
     return out
 
 
-def _labels(encoded: dict) -> list[int]:
-    return [t if m else IGNORE for t, m in zip(encoded["input_ids"], encoded["assistant_masks"])]
+def _arrays(encoded: dict) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ids and labels (ids on reply tokens and their eos, -100 elsewhere)."""
+    ids = np.asarray(encoded["input_ids"], dtype=np.int32)
+    return ids, np.where(np.asarray(encoded["assistant_masks"], dtype=bool), ids, np.int32(IGNORE))
 
 
 def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
@@ -120,15 +124,15 @@ def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
     pieces, current = [], []
     for pair in pairs:
         candidate = system + [m for p in current + [pair] for m in p]
-        if current and len(encode_chats(tokenizer, [candidate])[0]["input_ids"]) > max_length:
+        if current and len(encode_chats(tokenizer, [candidate], validate=False)[0]["input_ids"]) > max_length:
             pieces.append(system + [m for p in current for m in p])
             current = [pair]
         else:
             current.append(pair)
     pieces.append(system + [m for p in current for m in p])
     out = []
-    for piece, encoded in zip(pieces, encode_chats(tokenizer, pieces)):
-        ids, labels = encoded["input_ids"], _labels(encoded)
+    for piece, encoded in zip(pieces, encode_chats(tokenizer, pieces, validate=False)):
+        ids, labels = _arrays(encoded)
         status = "split" if len(ids) <= max_length else "split_truncated"
         out.append((ids[:max_length], labels[:max_length], status))
     return out
@@ -143,9 +147,13 @@ def _init_worker(tokenizer) -> None:
     _WORKER_TOKENIZER = tokenizer
 
 
+def _no_parallelism() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no nested Rust thread pools
+
+
 def _encode_job(args: tuple) -> list[tuple]:
     conversations, max_length, policy = args
-    return encode_conversations(_WORKER_TOKENIZER, conversations, max_length, policy)
+    return encode_conversations(_WORKER_TOKENIZER, conversations, max_length, policy, validated=True)
 
 
 def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
@@ -164,13 +172,19 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     bar = tqdm(total=len(conversations), desc="encode", unit="conv", disable=not progress)
     encoded: list[list[tuple]] = []
     if recipe.num_proc > 1 and len(batches) > 1:
-        with ProcessPoolExecutor(recipe.num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        # forked workers inherit the tokenizer (no pickling round trip); elsewhere it is sent once per worker
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if fork else None)
+        _init_worker(tokenizer) if fork else None
+        initargs = () if fork else (tokenizer,)
+        with ProcessPoolExecutor(recipe.num_proc, mp_context=context, initializer=_init_worker if not fork else
+                                 _no_parallelism, initargs=initargs) as pool:
             for result in pool.map(_encode_job, batches):
                 encoded.extend(result)
                 bar.update(len(result))
     else:
         for conv_batch, max_length, policy in batches:
-            result = encode_conversations(tokenizer, conv_batch, max_length, policy)
+            result = encode_conversations(tokenizer, conv_batch, max_length, policy, validated=True)
             encoded.extend(result)
             bar.update(len(result))
     bar.close()
@@ -180,11 +194,15 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     for (s_index, _, _), pieces in zip(selected, encoded):
         for ids, lab, status in pieces:
             statuses[s_index][status] += 1
-            if ids:
+            if len(ids):
                 input_ids.append(ids)
                 labels.append(lab)
-    table = pa.table({"input_ids": pa.array(input_ids, type=pa.list_(pa.int32())),
-                      "labels": pa.array(labels, type=pa.list_(pa.int32()))})
+    offsets = np.zeros(len(input_ids) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
+    flat_ids = np.concatenate(input_ids) if input_ids else np.zeros(0, np.int32)
+    flat_labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+    table = pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, flat_ids).cast(pa.list_(pa.int32())),
+                      "labels": pa.LargeListArray.from_arrays(offsets, flat_labels).cast(pa.list_(pa.int32()))})
     packed = pack_dataset(Dataset(table), seq_length=recipe.max_length, strategy="bfd")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -84,10 +84,11 @@ class Segment:
 
 
 def conversation_segments(
-    messages: Sequence[Message], eos_token: str, add_generation_prompt: bool = False
+    messages: Sequence[Message], eos_token: str, add_generation_prompt: bool = False, validate: bool = True
 ) -> Iterator[Segment]:
     """The K2-Chat format as a sequence of text and control-token segments (the template, structurally)."""
-    validate_conversation(messages)
+    if validate:
+        validate_conversation(messages)
     start = 0
     if messages[0]["role"] == "system":
         yield Segment(text=messages[0]["content"])
@@ -119,10 +120,15 @@ def encode_chat(
 
 
 def encode_chats(
-    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Message]], add_generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    add_generation_prompt: bool = False,
+    validate: bool = True,
 ) -> list[dict[str, list[int]]]:
-    """:func:`encode_chat` for many conversations with one tokenizer call (what the SFT packer uses)."""
-    all_segments = [list(conversation_segments(m, tokenizer.eos_token, add_generation_prompt)) for m in conversations]
+    """:func:`encode_chat` for many conversations with one tokenizer call (what the SFT packer uses);
+    ``validate=False`` skips re-validating conversations the caller has already checked."""
+    eos = tokenizer.eos_token
+    all_segments = [list(conversation_segments(m, eos, add_generation_prompt, validate)) for m in conversations]
     texts = [seg.text for segments in all_segments for seg in segments if seg.text is not None]
     encoded = iter(encode_plain_text(tokenizer, texts) if texts else [])
     control_ids: dict[str, int] = {}

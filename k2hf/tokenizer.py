@@ -163,8 +163,22 @@ def sentencepiece_bpe_to_tokenizers(model_file: str | os.PathLike) -> Tokenizer:
 
 
 def encode_plain_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Encode untrusted text: control-token strings (``<|beginofuser|>``, ``</s>``, ...) stay plain text."""
-    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    """Encode untrusted text: control-token strings (``<|beginofuser|>``, ``</s>``, ...) stay plain text.
+
+    Same as ``tokenizer(texts, add_special_tokens=False, split_special_tokens=True)``, which flips the same
+    switch on the Rust tokenizer, but without building a ``BatchEncoding`` or tracking offsets (2x faster on
+    the SFT packer's hot path).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    previous = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+    finally:
+        backend.encode_special_tokens = previous
 
 
 __all__ = [
