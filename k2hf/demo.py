@@ -1,61 +1,164 @@
-"""``k2hf demo``: the K2 story on built-in sample data, CPU-only.
+"""``k2hf demo``: the whole K2 story on the bundled sample data, CPU-only, in about a minute.
 
-Stage 1 (this issue): build K2's tokenizer over a tiny SentencePiece base trained on the bundled samples, build a
-tiny K2, save it as a Hub-style checkpoint (safetensors + remote code), reload it through
-``AutoModelForCausalLM`` and chat with it. The weights are untrained, so the reply is noise; later stages add
-pretraining and SFT in front of the chat.
+1. K2's tokenizer (a tiny SentencePiece base trained on the samples + the 22 K2 tokens) and the pretraining data
+   sequence: 4 chunks of 64-token rows (stage 1) and 2 chunks of 128-token rows (stage 2);
+2. pretraining a tiny K2 over the chunks, one checkpoint per chunk, with loss-spike detection on;
+3. the stage-2 context extension (longer rows, RoPE theta 500000) from the stage-1 final checkpoint;
+4. K2-Chat SFT on the bundled OpenHermes / FLAN / Do-Not-Answer / messages samples, packed with TRL;
+5. a chat with the result.
+
+Everything lands in ``outputs/demo`` with a ``SUMMARY.md`` saying where; a second run reuses finished stages.
+The model is tiny and sees a few thousand tokens, so its replies are only word salad in the right format.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 from transformers import TextStreamer
 
+REPO_CONFIGS = Path(__file__).resolve().parents[1]
+
 
 def _step(message: str) -> None:
-    print(f"[k2hf demo] {message}", flush=True)
+    print(f"\n[k2hf demo] {message}", flush=True)
 
 
-def build_demo_checkpoint(out: Path) -> Path:
-    """Tokenizer + tiny K2 saved in ``out/model`` (reused when it already exists)."""
-    from .tiny import build_tiny_k2, build_tiny_tokenizer
+def _reset_accelerate() -> None:
+    """Each stage builds its own Accelerator in this one process."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    model_dir = out / "model"
-    if (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file():
-        _step(f"reusing {model_dir}")
-        return model_dir
-    _step("building K2 tokenizer (tiny SentencePiece base trained on the bundled samples + 22 K2 tokens)")
-    tokenizer = build_tiny_tokenizer(out / "sentencepiece")
-    _step(f"building a tiny K2 ({len(tokenizer)} tokens)")
-    model = build_tiny_k2(tokenizer)
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    _step(f"saved {model_dir} ({sum(p.numel() for p in model.parameters()):,} parameters, safetensors + remote code)")
-    return model_dir
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def _config_path(*parts: str) -> Path:
+    path = REPO_CONFIGS.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the demo from a k2hf checkout installed with `pip install -e .`")
+    return path
+
+
+def prepare_data(out: Path) -> dict[str, Path]:
+    from .pretrain.data.config import load_data_config
+    from .pretrain.data.prepare import prepare
+    from .pretrain.data.reader import PreparedData
+
+    dirs = {}
+    for stage, recipe in (("stage1", "sample.yaml"), ("stage2", "sample_stage2.yaml")):
+        target = out / "data" / stage
+        if (target / "manifest.json").is_file() and not PreparedData(target).verify():
+            _step(f"reusing verified data {target}")
+        else:
+            _step(f"preparing {stage} data ({recipe}): tokenize, cut rows, deal into chunks")
+            shutil.rmtree(target, ignore_errors=True)
+            prepare(load_data_config(_config_path("pretrain", "configs", "data", recipe)), target)
+        dirs[stage] = target
+    return dirs
+
+
+def pretrain(out: Path, data: dict[str, Path]) -> Path:
+    from .pretrain.config import load_train_config
+    from .pretrain.trainer import run
+
+    stage1_dir, stage2_dir = out / "pretrain" / "stage1", out / "pretrain" / "stage2"
+    spikes = {"spikes.enabled": True, "spikes.window": 8, "spikes.malignant_steps": 4, "spikes.recovery_steps": 2,
+              "spikes.min_delta": 0.3}
+    _step("pretraining stage 1 (tiny K2, 2048 -> 64-token rows, one checkpoint per chunk, spike detection on)")
+    run(load_train_config(_config_path("pretrain", "configs", "tiny_stage1.yaml"), {
+        "data": str(data["stage1"]), "output_dir": str(stage1_dir), "global_batch_tokens": 128,
+        "micro_batch_size": 1, **spikes}))
+    _reset_accelerate()
+    final1 = _last_checkpoint(stage1_dir)
+    _step(f"stage 2: context extension from {final1.name} (128-token rows, RoPE theta 500000, linear decay to 0)")
+    run(load_train_config(_config_path("pretrain", "configs", "tiny_stage2.yaml"), {
+        "data": str(data["stage2"]), "output_dir": str(stage2_dir), "model.init_from": str(final1),
+        "global_batch_tokens": 256, "micro_batch_size": 1}))
+    _reset_accelerate()
+    return _last_checkpoint(stage2_dir)
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    from .pretrain.checkpointing import latest_checkpoint
+
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise RuntimeError(f"no checkpoint in {run_dir}")
+    return found
+
+
+def finetune(out: Path, base: Path) -> Path:
+    from .finetune.recipe import load_recipe
+    from .finetune.train import train
+
+    sft_dir = out / "sft"
+    final = sft_dir / "final"
+    if (final / "config.json").is_file():
+        _step(f"reusing SFT model {final}")
+        return final
+    _step("K2-Chat SFT: adapt OpenHermes / FLAN / Do-Not-Answer / messages samples, pack 256-token rows, train")
+    recipe = load_recipe(_config_path("finetune", "recipes", "tiny.yaml"), {
+        "model": str(base), "output_dir": str(sft_dir), "train.report_to": ["tensorboard"]})
+    result = train(recipe)
+    _reset_accelerate()
+    return result
 
 
 def run_demo(out: str | os.PathLike, prompt: str) -> Path:
-    """Run the demo into ``out``; returns the checkpoint dir."""
+    """Run (or resume) the demo into ``out``; returns the chat model's directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .chat import generate_reply
+    from .pretrain.config import SpikeSection
+    from .pretrain.spikes import analyze, format_table
 
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = build_demo_checkpoint(out)
-    _step("loading it back with AutoModelForCausalLM / AutoTokenizer")
+    data = prepare_data(out)
+    base = pretrain(out, data)
+    spikes, spike_png = analyze(out / "pretrain" / "stage1", SpikeSection(window=8, malignant_steps=4,
+                                                                         recovery_steps=2, min_delta=0.3),
+                                out / "pretrain" / "stage1" / "spikes.png")
+    _step("spike analysis of stage 1:\n" + format_table(spikes))
+    model_dir = finetune(out, base)
+    _step(f"chat with {model_dir}: you> {prompt}")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    _step(f"chat (untrained weights, so expect noise): you> {prompt}")
     print("k2> ", end="", flush=True)
-    generate_reply(
-        model,
-        tokenizer,
-        [{"role": "user", "content": prompt}],
-        max_new_tokens=24,
-        streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-    )
-    _step(f"done: checkpoint and tokenizer in {model_dir}; try `k2hf chat {model_dir}`")
+    reply = generate_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=32,
+                           streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    summary = _write_summary(out, data, base, model_dir, spike_png, prompt, reply)
+    _step(f"done. Everything is in {out}; read {summary.name} first. Try `k2hf chat {model_dir}`.")
     return model_dir
+
+
+def _write_summary(out: Path, data: dict, base: Path, model_dir: Path, spike_png, prompt: str, reply: str) -> Path:
+    manifest = json.loads((data["stage1"] / "manifest.json").read_text())
+    report = json.loads((out / "sft" / "packed" / "report.json").read_text())
+    metrics = [json.loads(line) for line in (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    rel = lambda p: os.path.relpath(p, out)  # noqa: E731
+    lines = [
+        "# k2hf demo: what happened and where it is",
+        "",
+        f"1. **Data** `{rel(data['stage1'])}`: {manifest['total_rows']} rows x {manifest['seq_len']} tokens in "
+        f"{manifest['num_chunks']} chunks (`manifest.json`, verify with `k2hf data verify {rel(data['stage1'])}`); "
+        f"stage-2 data in `{rel(data['stage2'])}`.",
+        f"2. **Pretraining stage 1** `pretrain/stage1`: {len(metrics)} steps, loss {metrics[0]['loss']:.3f} -> "
+        f"{metrics[-1]['loss']:.3f}; checkpoints `pretrain/stage1/checkpoints/ckpt_001..`; curves "
+        f"`pretrain/stage1/training_curves.png`; spikes `{rel(spike_png)}`; data sequence "
+        "`pretrain/stage1/data_sequence.jsonl`.",
+        f"3. **Stage 2** (context extension): final checkpoint `{rel(base)}`.",
+        f"4. **SFT**: {report['documents']} conversations packed into {report['rows']} rows (fill "
+        f"{report['fill_ratio']:.3f}, {report['trained_fraction']:.0%} of tokens trained); report "
+        f"`sft/packed/report.json`; curves `sft/sft_curves.png`; model `{rel(model_dir)}`.",
+        f"5. **Chat**: you> {prompt}  \n   k2> {reply}",
+        "",
+        "TensorBoard: `tensorboard --logdir " + str(out) + "`",
+    ]
+    path = out / "SUMMARY.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

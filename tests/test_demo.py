@@ -1,0 +1,34 @@
+"""The README's main command: `k2hf demo` runs the whole story on the bundled samples, and a second run reuses it."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses(tmp_path, capsys):
+    from k2hf import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "k2> " in first and "done." in first
+    manifest = json.loads((out / "data" / "stage1" / "manifest.json").read_text())
+    assert manifest["num_chunks"] == 4
+    assert sorted(p.name for p in (out / "pretrain" / "stage1" / "checkpoints").iterdir()) == [
+        "ckpt_001", "ckpt_002", "ckpt_003", "ckpt_004"]
+    stage2 = json.loads((out / "pretrain" / "stage2" / "checkpoints" / "ckpt_002" / "config.json").read_text())
+    assert stage2["rope_parameters"]["rope_theta"] == 500000.0
+    for png in ("pretrain/stage1/training_curves.png", "pretrain/stage1/spikes.png", "sft/sft_curves.png"):
+        assert (out / png).stat().st_size > 10_000, png
+    report = json.loads((out / "sft" / "packed" / "report.json").read_text())
+    assert report["rows"] > 0 and (out / "sft" / "final" / "model.safetensors").is_file()
+    summary = (out / "SUMMARY.md").read_text()
+    assert "sft/final" in summary and "k2> " in summary
+    mtime = (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert "reusing verified data" in second and "reusing SFT model" in second
+    assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+    metrics = (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 36  # resumed at the end: no step retrained
