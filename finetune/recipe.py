@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from k2hf.recipes import load_yaml_recipe
 
 from .sources import ADAPTERS
 
@@ -81,18 +81,8 @@ def _looks_local(path: str, base_dir: str) -> bool:
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SFTRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"SFT recipe {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw.setdefault("base_dir", str(path.parent))
-    for key, value in (overrides or {}).items():
-        target = raw
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return recipe_from_dict(raw)
+    """Read a YAML recipe; ``overrides`` use dotted keys (``train.max_steps``) and win over the file."""
+    return recipe_from_dict(load_yaml_recipe(path, overrides, RecipeError, "SFT recipe"))
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from k2hf.modeling import K2ForCausalLM
 
 from .packing import load_packed, load_sft_tokenizer
@@ -107,14 +106,13 @@ def _save_history(history: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    import yaml
+    from k2hf.recipes import parse_overrides
 
     parser = argparse.ArgumentParser(description="K2-Chat SFT on TRL (launch with `accelerate launch`).")
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. train.max_steps=10")
     args = parser.parse_args(argv)
-    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
-    out = train(load_recipe(args.recipe, overrides))
+    out = train(load_recipe(args.recipe, parse_overrides(args.set)))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved the fine-tuned model to {out}")
     return 0

@@ -120,8 +120,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _sft_pack(args: argparse.Namespace) -> int:
     from .finetune.packing import pack
     from .finetune.recipe import load_recipe
+    from .recipes import parse_overrides
 
-    recipe = load_recipe(args.recipe, _overrides(args.set))
+    recipe = load_recipe(args.recipe, parse_overrides(args.set))
     report = pack(recipe, args.out)
     print(f"packed {report['documents']} conversations into {report['rows']} rows of <= {report['max_length']} "
           f"tokens (fill {report['fill_ratio']:.3f}, trained tokens {report['trained_fraction']:.1%}) -> "
@@ -137,12 +138,6 @@ def _sft_train(args: argparse.Namespace) -> int:
     from .finetune.train import main as sft_main
 
     return sft_main(["--recipe", args.recipe, "--set", *args.set])
-
-
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    return {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in items)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from k2hf.recipes import load_yaml_recipe
 
 
 class TrainConfigError(ValueError):
@@ -133,18 +132,7 @@ def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
 
 def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML recipe; ``overrides`` use dotted keys (``optim.lr``) and win over the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainConfigError(f"pretraining config {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw.setdefault("base_dir", str(path.parent))
-    for key, value in (overrides or {}).items():
-        target = raw
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return train_config_from_dict(raw)
+    return train_config_from_dict(load_yaml_recipe(path, overrides, TrainConfigError, "pretraining config"))
 
 
 def _validate(config: TrainConfig) -> None:

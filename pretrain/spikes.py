@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np

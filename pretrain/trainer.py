@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
+from k2hf.modeling import K2Config, K2ForCausalLM
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tiny import padded_vocab_rows
 
 from .checkpointing import (
@@ -375,7 +375,7 @@ def run(config: TrainConfig) -> TrainerState:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    import yaml
+    from k2hf.recipes import parse_overrides
 
     from .config import load_train_config
 
@@ -384,10 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override recipe values, e.g. optim.lr=3e-4 max_steps=100")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    state = run(load_train_config(args.config, overrides))
+    state = run(load_train_config(args.config, parse_overrides(args.set)))
     print(f"finished at step {state.global_step}")
     return 0

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, pipeline
 
 from conftest import TAUGHT_CONVERSATION
 from k2hf.chat import chat_loop, generate_reply, load_chat_model

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from k2hf.recipes import load_yaml_recipe
 
 FORMATS = ("jsonl", "parquet", "text", "hub")
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
@@ -76,12 +76,7 @@ class DataConfig:
 
 def load_data_config(path: str | os.PathLike, **overrides: Any) -> DataConfig:
     """Read a YAML recipe (relative paths are relative to the YAML file) and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataConfigError(f"data config {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw.setdefault("base_dir", str(path.parent))
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw = load_yaml_recipe(path, {k: v for k, v in overrides.items() if v is not None}, DataConfigError, "data config")
     return data_config_from_dict(raw)
 
 
