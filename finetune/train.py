@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from k2hf.modeling import K2ForCausalLM
 
 from .packing import load_packed, load_sft_tokenizer

@@ -29,11 +29,9 @@ def _step(message: str) -> None:
 
 def _reset_accelerate() -> None:
     """Each stage builds its own Accelerator in this one process."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from .pretrain.trainer import reset_accelerate_state
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
 
 
 def _config_path(*parts: str) -> Path:
@@ -68,7 +66,7 @@ def pretrain(out: Path, data: dict[str, Path]) -> Path:
     stage1_dir, stage2_dir = out / "pretrain" / "stage1", out / "pretrain" / "stage2"
     spikes = {"spikes.enabled": True, "spikes.window": 8, "spikes.malignant_steps": 4, "spikes.recovery_steps": 2,
               "spikes.min_delta": 0.3}
-    _step("pretraining stage 1 (tiny K2, 2048 -> 64-token rows, one checkpoint per chunk, spike detection on)")
+    _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; spike detection on)")
     run(load_train_config(_config_path("pretrain", "configs", "tiny_stage1.yaml"), {
         "data": str(data["stage1"]), "output_dir": str(stage1_dir), "global_batch_tokens": 128,
         "micro_batch_size": 1, **spikes}))

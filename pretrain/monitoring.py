@@ -42,21 +42,23 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-class MetricsLog:
-    """Append-only JSONL of per-step metrics (rank 0); truncated to the resume step so it never duplicates."""
+class JsonlLog:
+    """Append-only JSONL of step records, written by one rank (``enabled``), readable by all; truncated to the
+    resume step after a restart or rollback so steps are never duplicated."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
+        if not (self.enabled and self.path.is_file()):
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.is_file():

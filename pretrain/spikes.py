@@ -184,12 +184,12 @@ class SpikeAwarePretrainer(Pretrainer):
         if cfg.policy == "halt" or state.rollbacks >= cfg.max_rollbacks:
             self.halted = True
             reason = "policy halt" if cfg.policy == "halt" else f"max_rollbacks ({cfg.max_rollbacks}) reached"
-            self.data_log.write({"step": state.global_step, "event": "halt", "reason": reason, "evidence": evidence})
+            self.data_log.append({"step": state.global_step, "event": "halt", "reason": reason, "evidence": evidence})
             return "halt"
         target = self._rollback_target(spike.onset_step)
         if target is None:
             self.halted = True
-            self.data_log.write({"step": state.global_step, "event": "halt", "reason": "no checkpoint before onset"})
+            self.data_log.append({"step": state.global_step, "event": "halt", "reason": "no checkpoint before onset"})
             return "halt"
         onset_pos = self._position_of_step(spike.onset_step)
         self.accelerator.load_state(str(target / TRAINING_STATE_DIR))
@@ -198,13 +198,12 @@ class SpikeAwarePretrainer(Pretrainer):
         restored.deferred = list(state.deferred)
         self._apply_policy(restored, spike, onset_pos)
         self.state = restored
-        self.data_log.write({
+        self.data_log.append({
             "step": state.global_step, "event": "rollback", "to_step": restored.global_step, "to": target.name,
             "onset_step": spike.onset_step, "policy": cfg.policy, "order": restored.order,
             "order_pos": restored.order_pos, "step_in_chunk": restored.step_in_chunk, "evidence": evidence,
         })
-        if self.accelerator.is_main_process:
-            self.metrics.truncate_after(restored.global_step)
+        self.metrics.truncate_after(restored.global_step)
         self.accelerator.wait_for_everyone()
         self.detector = self._primed_detector(restored.global_step)
         self.bar.n = restored.global_step

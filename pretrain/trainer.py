@@ -11,7 +11,6 @@ checkpoint ``ckpt_NNN`` is written (see :mod:`.checkpointing`).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
-from k2hf.modeling import K2Config, K2ForCausalLM
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tiny import padded_vocab_rows
 
 from .checkpointing import (
@@ -39,37 +38,11 @@ from .checkpointing import (
 )
 from .config import BatchGeometry, TrainConfig, TrainConfigError, batch_geometry
 from .data.reader import PreparedData
-from .monitoring import MetricsLog, device_peak_tflops, flops_per_token, peak_memory_gb, plot_training_curves
+from .monitoring import JsonlLog, device_peak_tflops, flops_per_token, peak_memory_gb, plot_training_curves
 
 DATA_LOG = "data_sequence.jsonl"
 METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
-
-
-class DataSequenceLog:
-    """For every optimizer step the chunk and row range it consumed; also chunk ends and rollbacks."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Drop entries a killed run logged after the checkpoint it resumes from."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def read(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
 
 
 class Pretrainer:
@@ -95,8 +68,8 @@ class Pretrainer:
         self._configure_deepspeed(self.geometry)
         self.ckpt_root = self.output_dir / "checkpoints"
         is_main = self.accelerator.is_main_process
-        self.data_log = DataSequenceLog(self.output_dir / DATA_LOG, is_main)
-        self.metrics = MetricsLog(self.output_dir / METRICS)
+        self.data_log = JsonlLog(self.output_dir / DATA_LOG, is_main)  # every step's chunk and rows, and events
+        self.metrics = JsonlLog(self.output_dir / METRICS, is_main)
         self.tokenizer = self.data.tokenizer()
         self.state = TrainerState(order=list(self.data.chunk_order))
         self.total_steps = self._planned_steps(self.state.order)
@@ -262,7 +235,7 @@ class Pretrainer:
             if self._skipped(chunk, state.step_in_chunk):
                 row_start, row_end, _ = self.rows_for_step(chunk, state.step_in_chunk)
                 state.skipped_rows.setdefault(str(chunk), []).append([row_start, row_end])
-                self.data_log.write({"step": state.global_step, "event": "skip", "chunk": chunk,
+                self.data_log.append({"step": state.global_step, "event": "skip", "chunk": chunk,
                                      "rows": [row_start, row_end]})
                 state.step_in_chunk += 1
                 continue
@@ -282,9 +255,8 @@ class Pretrainer:
             entry = {"step": state.global_step, "chunk": chunk, "order_pos": state.order_pos, "rows": [row_start, row_end]}
             if str(chunk) in state.reseeds:  # positions are no longer row numbers: record the rows themselves
                 entry["row_ids"] = self._order[row_start:row_end].tolist()
-            self.data_log.write(entry)
-            if acc.is_main_process:
-                self.metrics.append(record)
+            self.data_log.append(entry)
+            self.metrics.append(record)
             acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=state.global_step)
             self.bar.update()
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
@@ -324,7 +296,7 @@ class Pretrainer:
         if str(chunk) in state.reseeds:
             self.rows_for_step(chunk, 0)  # make sure the cached order is this chunk's
             entry["row_ids_not_trained"] = self._order[used:rows].tolist()
-        self.data_log.write(entry)
+        self.data_log.append(entry)
         name = chunk_checkpoint_name(state.order_pos)
         state.order_pos += 1
         next_chunk = state.order[state.order_pos] if state.order_pos < len(state.order) else None
@@ -338,6 +310,15 @@ class Pretrainer:
             apply_retention(self.ckpt_root, cfg.keep_chunk_checkpoints, cfg.keep_step_checkpoints, protect={name})
             plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans())
         return path
+
+
+def reset_accelerate_state() -> None:
+    """Forget the process-wide accelerate state, so another run (or an SFT trainer) can start in this process."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
 
 
 def row_order(rows: int, global_rows: int, reseed: list[int] | None) -> np.ndarray:

@@ -79,3 +79,45 @@ def _check_launch(argv: list[str]) -> None:
         assert config.model.preset == "k2_65b"
     else:
         assert load_recipe(argv[argv.index("--recipe") + 1]).max_length == 8192
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S)
+
+
+@pytest.mark.slow
+def test_readme_python_snippets(sandbox, capsys):
+    """The local snippet runs on the demo's chat model; the Hub snippet (no Hub here) compiles and names real API."""
+    import k2hf
+
+    local, hub = _python_blocks()
+    model_dir = sandbox / "outputs" / "demo" / "sft" / "final"
+    exec(compile(local.replace('"path/to/k2-checkpoint"', repr(str(model_dir))), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()  # it printed the decoded generation
+    assert 'revision="ckpt_360"' in hub and "LLM360/K2-Chat" in hub
+    compile(hub, "README.md", "exec")
+    assert all(hasattr(k2hf, name) for name in ("K2ForCausalLM", "apply_chat_template_to"))
+
+
+def benchmark_commands() -> list[str]:
+    return re.findall(r"- Command: `([^`]+)`", (REPO_ROOT / "BENCHMARKS.md").read_text())
+
+
+@pytest.mark.slow
+def test_benchmark_commands_run_at_small_size():
+    """BENCHMARKS.md's commands, shrunk (100 MB -> 1 MB, 20K -> 200 conversations): every method reports."""
+    import json
+    import subprocess
+    import sys
+
+    commands = benchmark_commands()
+    assert [c.split()[1] for c in commands] == ["bench/data_prepare.py", "bench/sft_pack.py"]
+    expected = {"bench/data_prepare.py": 3, "bench/sft_pack.py": 2}
+    for command in commands:
+        argv = shlex.split(command.replace("--mb 100", "--mb 1").replace("--conversations 20000", "--conversations 200"))
+        result = subprocess.run([sys.executable, *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert len(rows) == expected[argv[1]] and all(r["tokens_per_s"] > 0 for r in rows)
+        assert len({r["tokens"] for r in rows}) == 1  # every method saw the same tokens

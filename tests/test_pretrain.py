@@ -151,11 +151,9 @@ def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, 
 
 
 def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from k2hf.pretrain.trainer import reset_accelerate_state
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
 
 
 def _train_in_process(recipe: Path, **overrides):
@@ -245,13 +243,21 @@ def test_bad_recipes_fail_before_compute(sample_data, tmp_path, changes, message
 
 
 def test_shipped_recipes_parse(tmp_path):
-    for name in ("k2_65b_stage1", "k2_65b_stage2", "tiny_stage1", "tiny_stage2"):
+    for name in ("k2_65b_stage1", "k2_65b_stage2", "tiny_stage1", "tiny_stage2", "k2_1b_bench"):
         config = load_train_config(REPO_ROOT / f"pretrain/configs/{name}.yaml")
         assert config.optim.beta1 == 0.9 and config.optim.beta2 == 0.95 and config.optim.weight_decay == 0.1
     stage1 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage1.yaml")
     assert (stage1.optim.lr, stage1.optim.min_lr, stage1.optim.warmup_steps, stage1.optim.schedule) == (
         1.5e-4, 1.5e-5, 2000, "cosine")
     assert stage1.global_batch_tokens == 4 * 1024 * 1024 and stage1.model.preset == "k2_65b"
+    bench = load_train_config(REPO_ROOT / "pretrain/configs/k2_1b_bench.yaml")
+    from k2hf.modeling import K2Config
+
+    with torch.device("meta"):
+        from k2hf.modeling import K2ForCausalLM
+
+        one_b = K2ForCausalLM(K2Config.k2_65b(**bench.model.overrides))
+    assert 1.0e9 < sum(p.numel() for p in one_b.parameters()) < 1.3e9
     stage2 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage2.yaml")
     assert (stage2.optim.lr, stage2.optim.min_lr, stage2.optim.schedule, stage2.model.rope_theta) == (
         1e-4, 0.0, "linear", 500000)

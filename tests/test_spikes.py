@@ -89,9 +89,7 @@ def data_dir(tmp_path_factory):
 
 
 def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    from k2hf.pretrain.trainer import run
+    from k2hf.pretrain.trainer import reset_accelerate_state, run
 
     recipe = {
         "data": str(data), "output_dir": str(tmp / name), "global_batch_tokens": 128, "micro_batch_size": 1,
@@ -105,9 +103,7 @@ def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
     try:
         run(load_train_config(path))
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_accelerate_state()
     return tmp / name
 
 
