@@ -85,6 +85,11 @@ def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | Non
         for span in spans or []:
             color = "tab:red" if span.get("class") == "malignant" else "tab:orange"
             ax.axvspan(span["onset_step"], span["end_step"], color=color, alpha=0.2)
+    if spans:
+        from matplotlib.patches import Patch
+
+        axes[0].legend(handles=[Patch(color="tab:orange", alpha=0.3, label="benign spike"),
+                                Patch(color="tab:red", alpha=0.3, label="malignant spike")], loc="best")
     axes[-1].set_xlabel("optimizer step")
     axes[0].set_title("K2 pretraining")
     fig.tight_layout()
