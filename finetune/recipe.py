@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from k2hf.recipes import load_yaml_recipe
+from k2hf.recipes import build_section, load_yaml_recipe
 
 from .sources import ADAPTERS
 
@@ -93,14 +93,10 @@ def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:
     for required in ("model", "output_dir", "sources"):
         if not raw.get(required):
             raise RecipeError(f"SFT recipe needs `{required}`")
-    sources = []
-    for entry in raw.pop("sources"):
-        bad = set(entry) - set(SourceSpec.__dataclass_fields__)
-        if bad:
-            raise RecipeError(f"source {entry.get('name')!r}: unknown keys {sorted(bad)}")
-        sources.append(SourceSpec(**entry))
+    sources = [build_section(SourceSpec, e, RecipeError, f"source {e.get('name')!r}") for e in raw.pop("sources")]
     lora = raw.pop("lora", None)
-    recipe = SFTRecipe(sources=sources, lora=LoraSpec(**lora) if lora else None, **raw)
+    lora = build_section(LoraSpec, lora, RecipeError, "lora") if lora else None
+    recipe = SFTRecipe(sources=sources, lora=lora, **raw)
     _validate(recipe)
     return recipe
 

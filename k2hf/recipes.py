@@ -38,3 +38,12 @@ def load_yaml_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None, 
             target = target.setdefault(parent, {})
         target[leaf] = value
     return raw
+
+
+def build_section(cls: type, entry: dict[str, Any], error: type[Exception], where: str) -> Any:
+    """``cls(**entry)`` for a recipe dataclass, naming unknown keys (and the known ones) instead of a TypeError."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(entry) - known
+    if unknown:
+        raise error(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**entry)

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from k2hf.recipes import load_yaml_recipe
+from k2hf.recipes import build_section, load_yaml_recipe
 
 
 class TrainConfigError(ValueError):
@@ -117,11 +117,7 @@ def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise TrainConfigError(f"unknown pretraining config keys {sorted(unknown)}; known: {sorted(known)}")
     for name, cls in _SECTIONS.items():
-        section = raw.get(name) or {}
-        bad = set(section) - {f.name for f in fields(cls)}
-        if bad:
-            raise TrainConfigError(f"unknown keys in `{name}`: {sorted(bad)}; known: {sorted(f.name for f in fields(cls))}")
-        raw[name] = cls(**section)
+        raw[name] = build_section(cls, raw.get(name) or {}, TrainConfigError, f"`{name}`")
     for required in ("data", "output_dir"):
         if required not in raw:
             raise TrainConfigError(f"pretraining config needs `{required}`")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from k2hf.recipes import load_yaml_recipe
+from k2hf.recipes import build_section, load_yaml_recipe
 
 FORMATS = ("jsonl", "parquet", "text", "hub")
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
@@ -91,13 +91,8 @@ def data_config_from_dict(raw: dict[str, Any]) -> DataConfig:
         raise DataConfigError("data config needs at least one entry under `subsets`")
     if "tokenizer" not in raw:
         raise DataConfigError("data config needs `tokenizer`: a K2 tokenizer dir, or `sample` for the demo tokenizer")
-    subsets = []
-    for entry in raw.pop("subsets"):
-        unknown = set(entry) - set(SubsetConfig.__dataclass_fields__)
-        if unknown:
-            raise DataConfigError(f"subset {entry.get('name')!r}: unknown keys {sorted(unknown)}")
-        subsets.append(SubsetConfig(**entry))
-    fim = FimConfig(**(raw.pop("fim", None) or {}))
+    subsets = [build_section(SubsetConfig, e, DataConfigError, f"subset {e.get('name')!r}") for e in raw.pop("subsets")]
+    fim = build_section(FimConfig, raw.pop("fim", None) or {}, DataConfigError, "fim")
     config = DataConfig(subsets=subsets, fim=fim, **raw)
     validate(config)
     return config
