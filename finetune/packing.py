@@ -1,6 +1,6 @@
 """``k2hf sft pack``: sources -> K2-Chat conversations -> ids + assistant-only labels -> 8K packed rows.
 
-* Conversations are encoded structurally (:func:`k2hf.encode_chats`): message text can never become a control
+* Conversations are encoded structurally (:func:`k2hf.chat_template.encode_chats_arrays`): message text can never become a control
   token, and labels are the ids on each reply and its eos, -100 elsewhere (system, user, control tokens and
   ``<|endofchat|>``).
 * Conversations longer than ``max_length`` follow the recipe's policy: ``split_turns`` (cut at turn boundaries
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from k2hf.chat_template import encode_chats
+from k2hf.chat_template import encode_chats_arrays
 
 from .mixture import sample_indices, target_count
 from .recipe import SFTRecipe
@@ -97,8 +97,9 @@ def encode_conversations(tokenizer, conversations: list[list], max_length: int, 
                          validated: bool = False) -> list[list[tuple]]:
     """``(input_ids, labels, status)`` pieces (int32 arrays) per conversation; status: kept/truncated/split/dropped."""
     out = []
-    for conversation, encoded in zip(conversations, encode_chats(tokenizer, conversations, validate=not validated)):
-        ids, labels = _arrays(encoded)
+    encoded = encode_chats_arrays(tokenizer, conversations, validate=not validated)
+    for conversation, (ids, reply_mask) in zip(conversations, encoded):
+        ids, labels = _labelled(ids, reply_mask)
         if len(ids) <= max_length:
             out.append([(ids, labels, "kept")])
         elif policy == "drop":
@@ -110,10 +111,9 @@ def encode_conversations(tokenizer, conversations: list[list], max_length: int, 
     return out
 
 
-def _arrays(encoded: dict) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(ids: np.ndarray, reply_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int32 ids and labels (ids on reply tokens and their eos, -100 elsewhere)."""
-    ids = np.asarray(encoded["input_ids"], dtype=np.int32)
-    return ids, np.where(np.asarray(encoded["assistant_masks"], dtype=bool), ids, np.int32(IGNORE))
+    return ids, np.where(reply_mask, ids, np.int32(IGNORE))
 
 
 def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
@@ -124,15 +124,15 @@ def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
     pieces, current = [], []
     for pair in pairs:
         candidate = system + [m for p in current + [pair] for m in p]
-        if current and len(encode_chats(tokenizer, [candidate], validate=False)[0]["input_ids"]) > max_length:
+        if current and len(encode_chats_arrays(tokenizer, [candidate], validate=False)[0][0]) > max_length:
             pieces.append(system + [m for p in current for m in p])
             current = [pair]
         else:
             current.append(pair)
     pieces.append(system + [m for p in current for m in p])
     out = []
-    for piece, encoded in zip(pieces, encode_chats(tokenizer, pieces, validate=False)):
-        ids, labels = _arrays(encoded)
+    for piece, encoded in zip(pieces, encode_chats_arrays(tokenizer, pieces, validate=False)):
+        ids, labels = _labelled(*encoded)
         status = "split" if len(ids) <= max_length else "split_truncated"
         out.append((ids[:max_length], labels[:max_length], status))
     return out

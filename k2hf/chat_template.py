@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 from typing import Any
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .tokenizer import BEGIN_OF_SYSTEM, BEGIN_OF_USER, END_OF_CHAT, END_OF_SYSTEM_PROMPT, encode_plain_text
@@ -125,28 +127,63 @@ def encode_chats(
     add_generation_prompt: bool = False,
     validate: bool = True,
 ) -> list[dict[str, list[int]]]:
-    """:func:`encode_chat` for many conversations with one tokenizer call (what the SFT packer uses);
-    ``validate=False`` skips re-validating conversations the caller has already checked."""
+    """:func:`encode_chat` for many conversations with one tokenizer call; ``validate=False`` skips
+    re-validating conversations the caller has already checked."""
+    return [
+        {"input_ids": ids.tolist(), "assistant_masks": mask.astype(np.int64).tolist()}
+        for ids, mask in encode_chats_arrays(tokenizer, conversations, add_generation_prompt, validate)
+    ]
+
+
+def encode_chats_arrays(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Message]],
+    add_generation_prompt: bool = False,
+    validate: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`encode_chats` as ``(int32 ids, bool reply mask)`` arrays per conversation (the SFT packer's hot
+    path): all message text goes through the tokenizer in one call and the conversations are assembled with a
+    few whole-batch array operations instead of per-token Python work."""
+    if not conversations:
+        return []
     eos = tokenizer.eos_token
-    all_segments = [list(conversation_segments(m, eos, add_generation_prompt, validate)) for m in conversations]
-    texts = [seg.text for segments in all_segments for seg in segments if seg.text is not None]
-    encoded = iter(encode_plain_text(tokenizer, texts) if texts else [])
     control_ids: dict[str, int] = {}
-    results = []
-    for segments in all_segments:
-        input_ids: list[int] = []
-        masks: list[int] = []
-        for segment in segments:
+    texts: list[str] = []
+    seg_text: list[int] = []  # index into texts, or -1 for a control token
+    seg_control: list[int] = []
+    seg_trained: list[bool] = []
+    conv_segments: list[int] = []
+    for messages in conversations:
+        before = len(seg_text)
+        for segment in conversation_segments(messages, eos, add_generation_prompt, validate):
             if segment.text is not None:
-                ids = next(encoded)
+                seg_text.append(len(texts))
+                texts.append(segment.text)
+                seg_control.append(0)
             else:
                 if segment.control not in control_ids:
                     control_ids[segment.control] = tokenizer.convert_tokens_to_ids(segment.control)
-                ids = [control_ids[segment.control]]
-            input_ids.extend(ids)
-            masks.extend([int(segment.trained)] * len(ids))
-        results.append({"input_ids": input_ids, "assistant_masks": masks})
-    return results
+                seg_text.append(-1)
+                seg_control.append(control_ids[segment.control])
+            seg_trained.append(segment.trained)
+        conv_segments.append(len(seg_text) - before)
+    encoded = encode_plain_text(tokenizer, texts) if texts else []
+    text_lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    flat = np.fromiter(chain.from_iterable(encoded), np.int32, int(text_lengths.sum()))
+    # one extra zero-length text at index -1 stands for "control token" in the lookups below
+    text_starts = np.append(np.cumsum(text_lengths) - text_lengths, 0)
+    text_lengths = np.append(text_lengths, 0)
+    segment_text = np.asarray(seg_text, dtype=np.int64)
+    is_text = segment_text >= 0
+    lengths = np.where(is_text, text_lengths[segment_text], 1)
+    starts = np.cumsum(lengths) - lengths
+    token_is_text = np.repeat(is_text, lengths)
+    ids = np.repeat(np.asarray(seg_control, dtype=np.int32), lengths)
+    source = np.arange(len(ids)) + np.repeat(text_starts[segment_text] - starts, lengths)
+    ids[token_is_text] = flat[source[token_is_text]]
+    mask = np.repeat(np.asarray(seg_trained, dtype=bool), lengths)
+    ends = np.append(starts, len(ids))[np.cumsum(conv_segments)]
+    return list(zip(np.split(ids, ends[:-1]), np.split(mask, ends[:-1])))
 
 
 __all__ = [
@@ -156,6 +193,7 @@ __all__ = [
     "conversation_segments",
     "encode_chat",
     "encode_chats",
+    "encode_chats_arrays",
     "k2_chat_template",
     "validate_conversation",
 ]
