@@ -125,7 +125,7 @@ def test_data_sequence_log_maps_every_step_to_rows(reference_runs, sample_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, tmp_path, engine):
     recipe = _recipe(tmp_path, sample_data / "stage1", name=engine)
     cmd, env = _launch_command(engine, recipe)
