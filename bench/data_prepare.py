@@ -6,13 +6,14 @@ num_proc=N)`, then concatenate ids + eos in Python and cut rows of `seq_len`. Bo
 
     python bench/data_prepare.py --mb 100 --workers 2
 
-Also times the tokenizer alone on in-memory texts (the ceiling for any pipeline on these cores).
+Also times each tokenization engine alone on in-memory texts (the ceiling for a pipeline built on it).
 Prints one JSON line per method (seconds, tokens/s, docs/s, peak RSS of the process tree).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -22,18 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = REPO.parent / "shared" / "llama-tokenizer" / "tokenizer.model"
 
 
 def make_corpus(root: Path, megabytes: int, files: int, seed: int = 0) -> list[str]:
-    """Deterministic English-like documents (words from the bundled samples), ~500-3000 characters each."""
-    from k2hf.sample_data import sample_texts
+    """Deterministic English-like documents (`bench/synthetic_text.py`), 80-500 words each."""
+    from synthetic_text import SyntheticText
 
-    words = np.array(sorted({w for t in sample_texts() for w in t.split()}))
-    rng = np.random.default_rng(seed)
+    generator = SyntheticText(seed)
+    rng = generator.rng
     root.mkdir(parents=True, exist_ok=True)
     paths, target = [], megabytes * 1_000_000 // files
     for f in range(files):
@@ -41,9 +40,7 @@ def make_corpus(root: Path, megabytes: int, files: int, seed: int = 0) -> list[s
         written = 0
         with open(path, "w") as out:
             while written < target:
-                n = int(rng.integers(80, 500))
-                text = " ".join(words[rng.integers(0, len(words), n)])
-                line = json.dumps({"text": text, "id": written}) + "\n"
+                line = json.dumps({"text": generator.text(int(rng.integers(80, 500))), "id": written}) + "\n"
                 out.write(line)
                 written += len(line)
         paths.append(str(path))
@@ -92,18 +89,33 @@ def run_naive(files: list[str], tokenizer_dir: Path, cache: Path, workers: int, 
             "rows": len(rows)}
 
 
-def run_ceiling(files: list[str], tokenizer_dir: Path) -> dict:
-    """The floor of any pipeline: tokenizer alone on texts already in memory, all cores (no I/O, no JSON)."""
+def run_engine(files: list[str], tokenizer_dir: Path, engine: str, workers: int) -> dict:
+    """An engine alone on texts already in memory, all cores (no I/O, no JSON, no packing): `tokenizers` (what the
+    naive way runs) or SentencePiece (what k2hf runs when the tokenizer has its tokenizer.model)."""
     from transformers import AutoTokenizer
 
-    backend = AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer
-    texts = [json.loads(line)["text"] for f in files for line in open(f)]
+    from k2hf.tokenizer import sentencepiece_model_of
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with contextlib.ExitStack() as stack:
+        texts = [json.loads(line)["text"] for f in files for line in stack.enter_context(open(f))]
     start = time.perf_counter()
     tokens = 0
-    for i in range(0, len(texts), 1024):
-        tokens += sum(len(e.ids) + 1 for e in backend.encode_batch_fast(texts[i : i + 1024], add_special_tokens=False))
-    return {"method": "tokenizer only (in-memory texts, encode_batch_fast, all cores)",
-            "seconds": time.perf_counter() - start, "docs": len(texts), "tokens": tokens, "rows": 0}
+    if engine == "sentencepiece":
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=str(sentencepiece_model_of(tokenizer)))
+        for i in range(0, len(texts), 1024):
+            tokens += sum(len(ids) + 1 for ids in processor.encode(texts[i : i + 1024], num_threads=workers))
+    else:
+        encode = tokenizer.backend_tokenizer.encode_batch_fast
+        for i in range(0, len(texts), 1024):
+            tokens += sum(len(e.ids) + 1 for e in encode(texts[i : i + 1024], add_special_tokens=False))
+    return {"method": f"{engine} alone (in-memory texts, all cores)", "seconds": time.perf_counter() - start,
+            "docs": len(texts), "tokens": tokens, "rows": 0}
+
+
+METHODS = ("k2hf", "naive", "tokenizers", "sentencepiece")
 
 
 def main() -> None:
@@ -112,41 +124,45 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--method", choices=["all", "k2hf", "naive", "ceiling"], default="all")
+    parser.add_argument("--method", choices=["all", *METHODS], default="all")
+    parser.add_argument("--work", help=argparse.SUPPRESS)  # corpus + tokenizer made by the parent run
     args = parser.parse_args()
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        from k2hf import build_k2_tokenizer
-        from k2hf.tiny import build_tiny_tokenizer
+    if args.work is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            from k2hf import build_k2_tokenizer
+            from k2hf.tiny import build_tiny_tokenizer
+            from k2hf.tokenizer import save_tokenizer
 
-        tokenizer = build_k2_tokenizer(LLAMA) if LLAMA.is_file() else build_tiny_tokenizer(tmp / "sp")
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        files = make_corpus(tmp / "corpus", args.mb, args.files)
-        size = sum(os.path.getsize(f) for f in files)
-        methods = ["k2hf", "naive", "ceiling"] if args.method == "all" else [args.method]
-        for method in methods:
-            # each method in its own process, so peak RSS and caches do not leak between them
-            if len(methods) > 1:
-                code = os.system(f"{sys.executable} {__file__} --mb {args.mb} --files {args.files} "
-                                 f"--workers {args.workers} --seq-len {args.seq_len} --method {method}")
+            tokenizer = build_k2_tokenizer(LLAMA) if LLAMA.is_file() else build_tiny_tokenizer(tmp / "sp")
+            save_tokenizer(tokenizer, tmp / "tokenizer")
+            make_corpus(tmp / "corpus", args.mb, args.files)
+            # each method in its own process, so peak RSS and caches do not leak between them (or from the generator)
+            for method in METHODS if args.method == "all" else [args.method]:
+                code = os.system(f"{sys.executable} {__file__} --workers {args.workers} --seq-len {args.seq_len} "
+                                 f"--method {method} --work {tmp}")
                 if code:
                     sys.exit(code)
-                continue
-            if method == "k2hf":
-                result = run_k2hf(files, tmp / "tokenizer", tmp / "out", args.workers, args.seq_len)
-            elif method == "ceiling":
-                result = run_ceiling(files, tmp / "tokenizer")
-            else:
-                result = run_naive(files, tmp / "tokenizer", tmp / "cache", args.workers, args.seq_len)
-            result.update(
-                tokens_per_s=round(result["tokens"] / result["seconds"]),
-                docs_per_s=round(result["docs"] / result["seconds"]),
-                corpus_mb=round(size / 1e6, 1), workers=args.workers, peak_rss_mb=round(peak_rss_mb()),
-                tokenizer="K2 (LLaMA base)" if LLAMA.is_file() else "K2 (tiny base)", seconds=round(result["seconds"], 2),
-            )
-            print(json.dumps(result), flush=True)
-            shutil.rmtree(tmp / "out", ignore_errors=True)
+        return
+    work = Path(args.work)
+    files = sorted(str(p) for p in (work / "corpus").glob("*.jsonl"))
+    if args.method == "k2hf":
+        result = run_k2hf(files, work / "tokenizer", work / "out", args.workers, args.seq_len)
+    elif args.method == "naive":
+        result = run_naive(files, work / "tokenizer", work / "cache", args.workers, args.seq_len)
+    else:
+        result = run_engine(files, work / "tokenizer", args.method, args.workers)
+    result.update(
+        tokens_per_s=round(result["tokens"] / result["seconds"]),
+        docs_per_s=round(result["docs"] / result["seconds"]),
+        corpus_mb=round(sum(os.path.getsize(f) for f in files) / 1e6, 1), workers=args.workers,
+        peak_rss_mb=round(peak_rss_mb()), seconds=round(result["seconds"], 2),
+        tokenizer="K2 (LLaMA base)" if LLAMA.is_file() else "K2 (tiny base)",
+    )
+    print(json.dumps(result), flush=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(work / "cache", ignore_errors=True)
 
 
 if __name__ == "__main__":

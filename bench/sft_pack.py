@@ -3,7 +3,8 @@
 TRL's way = `SFTTrainer(...)` construction with `packing=True` (bfd), `max_length=8192`,
 `assistant_only_loss=True`, `dataset_num_proc=N`: it renders the chat template, tokenizes, builds the assistant
 masks and packs. Same K2 tokenizer and template (real LLaMA base when ../shared/llama-tokenizer is present),
-same JSONL file, same cores. Conversations: 1-3 turns, 10-120-word user and 20-400-word assistant messages.
+same JSONL file, same cores. Conversations: 1-3 turns, 10-120-word user and 20-400-word assistant messages of
+synthetic text with a realistic word-frequency profile (`bench/synthetic_text.py`).
 
     python bench/sft_pack.py --conversations 20000 --workers 2
 """
@@ -18,26 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = REPO.parent / "shared" / "llama-tokenizer" / "tokenizer.model"
 
 
 def make_conversations(path: Path, n: int, seed: int = 0) -> None:
-    from k2hf.sample_data import sample_texts
+    from synthetic_text import SyntheticText
 
-    words = np.array(sorted({w for t in sample_texts() for w in t.split()}))
-    rng = np.random.default_rng(seed)
-
-    def text(lo, hi):
-        return " ".join(words[rng.integers(0, len(words), int(rng.integers(lo, hi + 1)))])
-
+    generator = SyntheticText(seed)
+    rng = generator.rng
     with open(path, "w") as f:
         for _ in range(n):
             messages = []
             for _ in range(int(rng.integers(1, 4))):
-                messages += [{"role": "user", "content": text(10, 120)}, {"role": "assistant", "content": text(20, 400)}]
+                messages += [{"role": "user", "content": generator.text(int(rng.integers(10, 121)))},
+                             {"role": "assistant", "content": generator.text(int(rng.integers(20, 401)))}]
             f.write(json.dumps({"messages": messages}) + "\n")
 
 
@@ -45,7 +41,8 @@ def run_k2hf(data: Path, base: Path, out: Path, workers: int, n: int) -> dict:
     from k2hf.finetune.packing import pack
     from k2hf.finetune.recipe import recipe_from_dict
 
-    recipe = recipe_from_dict({"model": str(base), "output_dir": str(out), "max_length": 8192, "num_proc": int(os.environ.get("K2HF_BENCH_NUM_PROC", workers)),
+    num_proc = int(os.environ.get("K2HF_BENCH_NUM_PROC", workers))
+    recipe = recipe_from_dict({"model": str(base), "output_dir": str(out), "max_length": 8192, "num_proc": num_proc,
                                "sources": [{"name": "synthetic", "kind": "messages", "paths": [str(data)]}]})
     start = time.perf_counter()
     report = pack(recipe, out / "packed", progress=False)
@@ -93,10 +90,11 @@ def main() -> None:
         tmp = Path(tmp)
         from k2hf import K2Config, K2ForCausalLM, build_k2_tokenizer
         from k2hf.tiny import build_tiny_tokenizer
+        from k2hf.tokenizer import save_tokenizer
 
         tokenizer = build_k2_tokenizer(LLAMA) if LLAMA.is_file() else build_tiny_tokenizer(tmp / "sp")
         K2ForCausalLM(K2Config.tiny()).save_pretrained(tmp / "base")
-        tokenizer.save_pretrained(tmp / "base")
+        save_tokenizer(tokenizer, tmp / "base")
         make_conversations(tmp / "conversations.jsonl", args.conversations)
         run = run_k2hf if args.method == "k2hf" else run_trl
         result = run(tmp / "conversations.jsonl", tmp / "base", tmp, args.workers, args.conversations)

@@ -112,7 +112,7 @@ def test_benchmark_commands_run_at_small_size():
 
     commands = benchmark_commands()
     assert [c.split()[1] for c in commands] == ["bench/data_prepare.py", "bench/sft_pack.py"]
-    expected = {"bench/data_prepare.py": 3, "bench/sft_pack.py": 2}
+    expected = {"bench/data_prepare.py": 4, "bench/sft_pack.py": 2}
     for command in commands:
         argv = shlex.split(command.replace("--mb 100", "--mb 1").replace("--conversations 20000", "--conversations 200"))
         result = subprocess.run([sys.executable, *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
