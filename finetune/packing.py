@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from k2hf.chat_template import encode_chats_arrays
+from k2hf.tokenizer import save_tokenizer
 
 from .mixture import sample_indices, target_count
 from .recipe import SFTRecipe
@@ -209,7 +210,7 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     packed.save_to_disk(str(tmp / DATASET))
     report = _report(recipe, source_reports, statuses, packed, len(input_ids), time.perf_counter() - started)
     (tmp / REPORT).write_text(json.dumps(report, indent=1))
-    tokenizer.save_pretrained(tmp / "tokenizer")
+    save_tokenizer(tokenizer, tmp / "tokenizer")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from k2hf.modeling import K2ForCausalLM
+from k2hf.tokenizer import save_tokenizer
 
 from .packing import load_packed, load_sft_tokenizer
 from .recipe import SFTRecipe, load_recipe
@@ -88,7 +89,7 @@ def train(recipe: SFTRecipe) -> Path:
         model = model.merge_and_unload()  # a plain K2 checkpoint next to the adapter, for `k2hf chat`
     if trainer.accelerator.is_main_process:
         model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
         _save_history(trainer.state.log_history, Path(recipe.resolve(recipe.output_dir)))
     trainer.accelerator.wait_for_everyone()
     return out

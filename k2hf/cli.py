@@ -32,10 +32,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _tokenizer(args: argparse.Namespace) -> int:
-    from .tokenizer import build_k2_tokenizer
+    from .tokenizer import build_k2_tokenizer, save_tokenizer
 
     tokenizer = build_k2_tokenizer(args.base)
-    tokenizer.save_pretrained(args.out)
+    save_tokenizer(tokenizer, args.out)
     print(f"wrote K2 tokenizer ({len(tokenizer)} tokens) to {args.out}")
     return 0
 

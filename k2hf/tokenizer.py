@@ -15,6 +15,9 @@ and applies the prefix to every text span between control tokens.
 from __future__ import annotations
 
 import os
+import shutil
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +77,7 @@ def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, chat_t
         A ``PreTrainedTokenizerFast`` with the base vocabulary, then the 18 code tokens and the 4 chat tokens
         (ids 32000-32021 on the LLaMA base), eos ``</s>`` (id 2), pad = unk = id 0, and no BOS added.
     """
-    backend = _backend_from_base(base)
+    backend, sp_model = _backend_from_base(base)
     base_size = backend.get_vocab_size(with_added_tokens=True)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -97,6 +100,8 @@ def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, chat_t
             f"base tokenizer must have <unk>=0, <s>=1, </s>=2 like LLaMA; got eos={tokenizer.eos_token_id}, "
             f"unk/pad={tokenizer.pad_token_id}"
         )
+    if sp_model is not None:
+        tokenizer.vocab_file = str(sp_model)  # what from_pretrained sets when tokenizer.model sits beside the json
     if chat_template:
         from .chat_template import apply_chat_template_to
 
@@ -104,16 +109,35 @@ def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, chat_t
     return tokenizer
 
 
-def _backend_from_base(base: Any) -> Tokenizer:
+def _backend_from_base(base: Any) -> tuple[Tokenizer, Path | None]:
     if isinstance(base, (str, os.PathLike)):
-        return sentencepiece_bpe_to_tokenizers(_find_sp_model(Path(base)))
-    vocab_file = getattr(base, "vocab_file", None)
-    if vocab_file and Path(vocab_file).is_file() and str(vocab_file).endswith(".model"):
-        return sentencepiece_bpe_to_tokenizers(Path(vocab_file))
+        path = _find_sp_model(Path(base))
+        return sentencepiece_bpe_to_tokenizers(path), path
+    sp_model = sentencepiece_model_of(base)
+    if sp_model is not None:
+        return sentencepiece_bpe_to_tokenizers(sp_model), sp_model
     backend = getattr(base, "backend_tokenizer", None)
     if backend is None:
         raise TypeError(f"cannot build a K2 tokenizer from {type(base).__name__}: pass a tokenizer.model path")
-    return Tokenizer.from_str(backend.to_str())
+    return Tokenizer.from_str(backend.to_str()), None
+
+
+def sentencepiece_model_of(tokenizer: Any) -> Path | None:
+    """The SentencePiece ``tokenizer.model`` a tokenizer was built or loaded with, if it has one."""
+    vocab_file = getattr(tokenizer, "vocab_file", None)
+    if vocab_file and str(vocab_file).endswith(".model") and Path(vocab_file).is_file():
+        return Path(vocab_file)
+    return None
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike) -> None:
+    """``save_pretrained`` plus the SentencePiece ``tokenizer.model`` beside ``tokenizer.json`` (as LLaMA repos ship
+    it; ``from_pretrained`` picks it up again), so bulk encoding can keep using SentencePiece downstream."""
+    tokenizer.save_pretrained(directory)
+    sp_model = sentencepiece_model_of(tokenizer)
+    target = Path(directory) / SP_MODEL_FILE
+    if sp_model is not None and not (target.exists() and target.samefile(sp_model)):
+        shutil.copyfile(sp_model, target)
 
 
 def _find_sp_model(path: Path) -> Path:
@@ -162,23 +186,79 @@ def sentencepiece_bpe_to_tokenizers(model_file: str | os.PathLike) -> Tokenizer:
     return backend
 
 
-def encode_plain_text(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+class PlainTextEncoder:
+    """Bulk ids of untrusted plain text: control-token strings stay text, nothing is added (no BOS/EOS).
+
+    Uses SentencePiece itself when the tokenizer's ``tokenizer.model`` is known and agrees with it, else the
+    ``tokenizers`` backend (``encode_batch_fast`` with ``encode_special_tokens=True``). Why: K2's pretraining data
+    was tokenized with SentencePiece, whose C++ encoder gives the same ids ~2x faster than the ``tokenizers``
+    pipeline on this model (it builds no ``Encoding`` objects, token strings or offsets); data preparation and
+    SFT packing spend most of their time here. Agreement is checked when the encoder is built: the
+    SentencePiece vocabulary must equal the tokenizer's base vocabulary piece for piece, and a probe set (whitespace
+    runs, unicode, byte fallback, control-token strings, code) must encode identically.
+    """
+
+    def __init__(self, backend: Tokenizer, sp_model: str | os.PathLike | None = None) -> None:
+        self.backend = Tokenizer.from_str(backend.to_str())
+        self.backend.encode_special_tokens = True
+        self.sentencepiece = None
+        if sp_model is not None:
+            import sentencepiece as spm
+
+            processor = spm.SentencePieceProcessor(model_file=str(sp_model))
+            if self._agrees(processor):
+                self.sentencepiece = processor
+
+    def _agrees(self, processor) -> bool:
+        if not all(token.special for token in self.backend.get_added_tokens_decoder().values()):
+            return False  # a non-special added token is matched in text by `tokenizers`, never by SentencePiece
+        size = processor.get_piece_size()
+        vocab = self.backend.get_vocab(with_added_tokens=False)
+        if len(vocab) != size or any(vocab.get(processor.id_to_piece(i)) != i for i in range(size)):
+            return False
+        return processor.encode(list(_PROBES)) == self._encode_backend(list(_PROBES))
+
+    def _encode_backend(self, texts: list[str]) -> list[list[int]]:
+        # encode_batch_fast skips offset tracking, which we never use (~30% faster); older tokenizers lack it
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.sentencepiece is not None:
+            return self.sentencepiece.encode(list(texts), num_threads=1)
+        return self._encode_backend(list(texts))
+
+
+_PROBES = (
+    "Hello world", " Hello", "  two  spaces", "trailing   ", "   ", "", "\n\nleading newlines", "\tindented\ttabs\t",
+    "def f(x):\n    return x\n", "if (a && b) { return a->c[0]; }", "日本語のテキスト", "émoji 🤖🎉 mixed",
+    "a\u00a0b\u200bc\u3000d", "12345 67.89 -0.001", "\r\nCRLF\r\n", "ʻOkina and ǂ click", "x" * 200, "▁literal▁marks",
+    "<s> </s> <unk> <fim_prefix> <|beginofuser|> <|endofchat|> <jupyter_code>", "\x00\x07 control chars \ufffd",
+)
+
+_PLAIN_TEXT_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def plain_text_encoder(tokenizer: PreTrainedTokenizerBase) -> PlainTextEncoder:
+    """The :class:`PlainTextEncoder` of a fast tokenizer, built once per tokenizer (rebuilt if tokens are added)."""
+    backend = tokenizer.backend_tokenizer
+    key = (backend.get_vocab_size(with_added_tokens=True), sentencepiece_model_of(tokenizer))
+    cached = _PLAIN_TEXT_ENCODERS.get(tokenizer)
+    if cached is None or cached[0] != key:
+        cached = _PLAIN_TEXT_ENCODERS[tokenizer] = (key, PlainTextEncoder(backend, key[1]))
+    return cached[1]
+
+
+def encode_plain_text(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     """Encode untrusted text: control-token strings (``<|beginofuser|>``, ``</s>``, ...) stay plain text.
 
-    Same as ``tokenizer(texts, add_special_tokens=False, split_special_tokens=True)``, which flips the same
-    switch on the Rust tokenizer, but without building a ``BatchEncoding`` or tracking offsets (2x faster on
-    the SFT packer's hot path).
+    Same ids as ``tokenizer(texts, add_special_tokens=False, split_special_tokens=True)``, without building a
+    ``BatchEncoding`` or tracking offsets, through SentencePiece when the tokenizer has its ``tokenizer.model``
+    (see :class:`PlainTextEncoder`).
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    previous = backend.encode_special_tokens
-    backend.encode_special_tokens = True
-    try:
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        return [e.ids for e in encode(texts, add_special_tokens=False)]
-    finally:
-        backend.encode_special_tokens = previous
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return plain_text_encoder(tokenizer)(texts)
 
 
 __all__ = [
@@ -191,7 +271,11 @@ __all__ = [
     "K2_CHAT_TOKENS",
     "K2_CODE_TOKENS",
     "PAD_ID",
+    "PlainTextEncoder",
     "build_k2_tokenizer",
     "encode_plain_text",
+    "plain_text_encoder",
+    "save_tokenizer",
+    "sentencepiece_model_of",
     "sentencepiece_bpe_to_tokenizers",
 ]

@@ -22,6 +22,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from k2hf.tokenizer import save_tokenizer
+
 TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE_DIR = "training_state"
 _CHUNK = re.compile(r"^ckpt_(\d+)$")
@@ -91,7 +93,7 @@ def save_checkpoint(accelerator, model, tokenizer, state: TrainerState, root: Pa
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
         _write_synced(tmp / TRAINER_STATE, state.to_json())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -82,7 +82,8 @@ def test_batch_encoders_match_template_per_conversation(chat_tokenizer):
     batch = [[SYSTEM, *TURNS], TURNS[:2], [{"role": "system", "content": ""}, *TURNS[:2]],
              [{"role": "user", "content": "  spaced\n\ncode:\n    x = 1"}, {"role": "assistant", "content": ""}],
              [TURNS[0], {"role": "assistant", "content": "é🤖 " * 40}]]
-    expected = [chat_tokenizer.apply_chat_template(m, return_dict=True, return_assistant_tokens_mask=True) for m in batch]
+    expected = [chat_tokenizer.apply_chat_template(m, return_dict=True, return_assistant_tokens_mask=True)
+                for m in batch]
     arrays = encode_chats_arrays(chat_tokenizer, batch)
     assert [ids.dtype.name for ids, _ in arrays] == ["int32"] * len(batch)
     assert [ids.tolist() for ids, _ in arrays] == [e["input_ids"] for e in expected]

@@ -196,6 +196,20 @@ def test_same_config_and_seed_give_byte_identical_output(corpus, prepared, tmp_p
         assert (data.path / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
 
 
+def test_sentencepiece_engine_gives_identical_chunks(corpus, prepared, tiny_tokenizer, tmp_path):
+    """With tokenizer.model beside tokenizer.json, workers encode with SentencePiece: same bytes as `tokenizers`."""
+    from k2hf.tokenizer import save_tokenizer
+
+    root, _ = corpus
+    data, manifest = prepared
+    assert not (data.path / "tokenizer" / "tokenizer.model").exists()  # the fixture's tokenizer: `tokenizers` engine
+    save_tokenizer(tiny_tokenizer, tmp_path / "tokenizer")
+    sp_manifest = prepare(_config(root, tokenizer=str(tmp_path / "tokenizer")), tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "tokenizer" / "tokenizer.model").is_file()  # carried on to training and checkpoints
+    assert [c["sha256"] for c in sp_manifest["chunks"]] == [c["sha256"] for c in manifest["chunks"]]
+    assert sp_manifest["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
+
+
 def test_other_seed_changes_order_not_content(corpus, prepared, tmp_path):
     root, _ = corpus
     data, manifest = prepared

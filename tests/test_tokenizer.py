@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from k2hf import K2_ADDED_TOKENS, K2_CHAT_TOKENS, K2_CODE_TOKENS, K2Config, build_k2_tokenizer, encode_plain_text
+from k2hf.tokenizer import PlainTextEncoder, plain_text_encoder, save_tokenizer
 
 
 def _corpus(n=1500, seed=0):
@@ -41,10 +42,13 @@ def test_plain_text_ids_equal_sentencepiece(k2_tokenizer, llama_sp_model):
     sp = spm.SentencePieceProcessor(model_file=str(llama_sp_model))
     texts = _corpus()
     reference = sp.encode(texts)
-    # untrusted/plain-text path (what data preparation uses): every string, control-token look-alikes included
-    ours = encode_plain_text(k2_tokenizer, texts)
+    # untrusted/plain-text path through the `tokenizers` pipeline: every string, control-token look-alikes included
+    ours = PlainTextEncoder(k2_tokenizer.backend_tokenizer)(texts)
     mismatches = [(t, a, b) for t, a, b in zip(texts, ours, reference) if a != b]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, e.g. {mismatches[0]}"
+    # bulk encoding (data preparation, SFT packing) goes through SentencePiece itself once it has checked agreement
+    assert plain_text_encoder(k2_tokenizer).sentencepiece is not None
+    assert encode_plain_text(k2_tokenizer, texts) == reference
     # the default call agrees on all text that does not spell a special token
     plain = [i for i, t in enumerate(texts) if not any(s in t for s in ("<fim_prefix>", "</s>", "<s>", "<unk>"))]
     assert len(plain) == len(texts) - 1
@@ -79,6 +83,26 @@ def test_small_base_gets_added_tokens_in_order(tiny_tokenizer):
     assert base < 1000
     assert tiny_tokenizer.convert_tokens_to_ids(list(K2_ADDED_TOKENS)) == list(range(base, base + 22))
     assert (tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id) == (2, 0)
+
+
+def test_bulk_encoder_uses_sentencepiece_only_when_it_agrees(tiny_tokenizer, tmp_path):
+    from k2hf.sample_data import sample_texts
+    from k2hf.tiny import train_tiny_sentencepiece
+
+    texts = _corpus(400, seed=3) + ["<|beginofuser|>x</s>", ""]
+    backend_ids = PlainTextEncoder(tiny_tokenizer.backend_tokenizer)(texts)
+    agreeing = plain_text_encoder(tiny_tokenizer)
+    assert agreeing.sentencepiece is not None and agreeing(texts) == backend_ids
+    other = train_tiny_sentencepiece(sample_texts(), tmp_path / "other.model", vocab_size=420)
+    disagreeing = PlainTextEncoder(tiny_tokenizer.backend_tokenizer, other)
+    assert disagreeing.sentencepiece is None and disagreeing(texts) == backend_ids  # falls back, same ids
+    # the SentencePiece model travels with the tokenizer through save/load
+    save_tokenizer(tiny_tokenizer, tmp_path / "saved")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "tokenizer.model").read_bytes() == open(tiny_tokenizer.vocab_file, "rb").read()
+    assert plain_text_encoder(loaded).sentencepiece is not None and encode_plain_text(loaded, texts) == backend_ids
+    loaded.add_tokens(["zzqq"])  # a non-special added token: the encoder is rebuilt and still agrees with the tokenizer
+    assert encode_plain_text(loaded, ["a zzqq b"]) == [loaded("a zzqq b", add_special_tokens=False)["input_ids"]]
 
 
 def test_control_strings_in_untrusted_text_stay_plain(k2_tokenizer):

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
+
 from .config import DataConfig, resolve_files
 from .shards import BLOCK_RECORDS, ShardJob, build_shard, load_shard, shard_is_done
 
@@ -88,7 +90,7 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(config.tokenizer, config.base_dir, work)
-    tokenizer.save_pretrained(out / "tokenizer")
+    save_tokenizer(tokenizer, out / "tokenizer")
     tokenizer_hash = sha256_file(out / "tokenizer" / "tokenizer.json")
     sources = {s.name: (resolve_files(s, config.base_dir) if s.hub is None else [f"hub:{s.hub['path']}"])
                for s in config.subsets}
@@ -106,6 +108,7 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
 def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: str, work: Path) -> list[ShardJob]:
     fim_ids = tuple(tokenizer.convert_tokens_to_ids(["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]))
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    sp_model = sentencepiece_model_of(tokenizer)
     jobs = []
     for s_index, subset in enumerate(config.subsets):
         for f_index, source in enumerate(sources[subset.name]):
@@ -117,6 +120,7 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
             jobs.append(ShardJob(
                 subset=subset, subset_index=s_index, source_index=f_index, source=source,
                 out_dir=str(work / "shards" / f"{s_index:03d}-{f_index:06d}"), tokenizer_json=tokenizer_json,
+                sp_model=str(sp_model) if sp_model else None,
                 eos_id=tokenizer.eos_token_id, fim_ids=fim_ids, fim_rate=config.fim.rate,
                 spm_rate=config.fim.spm_rate, seed=config.seed, fail_on_error=config.on_error == "fail",
                 fingerprint=fingerprint,
