@@ -1,8 +1,8 @@
 """``k2hf sft pack``: sources -> K2-Chat conversations -> ids + assistant-only labels -> 8K packed rows.
 
-* Conversations are encoded structurally (:func:`k2hf.chat_template.encode_chats_arrays`): message text can never become a control
-  token, and labels are the ids on each reply and its eos, -100 elsewhere (system, user, control tokens and
-  ``<|endofchat|>``).
+* Conversations are encoded structurally (:func:`k2hf.chat_template.encode_chats_arrays`): message text can
+  never become a control token, and labels are the ids on each reply and its eos, -100 elsewhere (system,
+  user, control tokens and ``<|endofchat|>``).
 * Conversations longer than ``max_length`` follow the recipe's policy: ``split_turns`` (cut at turn boundaries
   into several conversations, each keeping the system prompt; a single turn still too long is truncated),
   ``truncate`` or ``drop``.

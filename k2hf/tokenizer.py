@@ -191,11 +191,12 @@ class PlainTextEncoder:
 
     Uses SentencePiece itself when the tokenizer's ``tokenizer.model`` is known and agrees with it, else the
     ``tokenizers`` backend (``encode_batch_fast`` with ``encode_special_tokens=True``). Why: K2's pretraining data
-    was tokenized with SentencePiece, whose C++ encoder gives the same ids ~2x faster than the ``tokenizers``
-    pipeline on this model (it builds no ``Encoding`` objects, token strings or offsets); data preparation and
-    SFT packing spend most of their time here. Agreement is checked when the encoder is built: the
-    SentencePiece vocabulary must equal the tokenizer's base vocabulary piece for piece, and a probe set (whitespace
-    runs, unicode, byte fallback, control-token strings, code) must encode identically.
+    was tokenized with SentencePiece, whose C++ encoder gives the same ids 1.4-1.8x faster than the
+    ``tokenizers`` pipeline on this model (it builds no ``Encoding`` objects, token strings or offsets; see
+    BENCHMARKS.md); data preparation and SFT packing spend most of their time here. Agreement is checked when
+    the encoder is built: the SentencePiece vocabulary must equal the tokenizer's base vocabulary piece for
+    piece, every added token must be special, and a probe set (whitespace runs, unicode, byte fallback,
+    control-token strings, code) must encode identically.
     """
 
     def __init__(self, backend: Tokenizer, sp_model: str | os.PathLike | None = None) -> None:
