@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from k2hf.errors import UserError
 from k2hf.chat_template import encode_chats_arrays
 from k2hf.tokenizer import save_tokenizer
 
@@ -41,7 +42,7 @@ ENCODE_BATCH = 512
 IGNORE = -100
 
 
-class StrictModeError(ValueError):
+class StrictModeError(UserError):
     """A rejected conversation under ``strict: true``."""
 
 

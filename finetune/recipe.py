@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from k2hf.errors import UserError
 from k2hf.recipes import build_section, load_yaml_recipe
 
 from .sources import ADAPTERS
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """An SFT recipe that cannot run, found before any work."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -89,13 +90,37 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 
 def _data_order(args: argparse.Namespace) -> int:
-    from .pretrain.data.reader import PreparedData
+    from .analysis.order import ChunkOrder
 
-    data = PreparedData(args.dir)
-    checkpoints = [args.checkpoint] if args.checkpoint else range(1, len(data.chunk_order) + 1)
-    for n in checkpoints:
-        print(f"ckpt_{n:03d} <- chunk {data.chunk_for_checkpoint(n)}")
+    order = ChunkOrder.of(args.source, args.preset)
+    if args.chunk is not None:
+        entries = order.checkpoints_of(args.chunk)
+    elif args.checkpoint is not None:
+        entries = [order.chunk_of(args.checkpoint)]
+    else:
+        entries = order.entries
+    for e in entries:
+        step = f" (step {e.global_step})" if e.global_step is not None else ""
+        planned = f"  [planned: chunk {e.planned_chunk}]" if e.planned_chunk not in (None, e.chunk) else ""
+        print(f"{e.name} <- chunk {e.chunk}{step}{planned}")
     return 0
+
+
+def _checkpoints_list(args: argparse.Namespace) -> int:
+    from .checkpoints import list_checkpoints
+    from .release import order_preset
+
+    checkpoints = list_checkpoints(args.source, order=order_preset(args.preset) if args.preset else None)
+    print(f"{'name':<24} {'kind':<15} {'step':>9} {'tokens seen':>14} {'chunk':>6}  load with")
+    for c in checkpoints:
+        load = c.location if c.path is None else str(c.path)
+        print(f"{c.name:<24} {c.kind:<15} {_dash(c.global_step):>9} {_dash(c.tokens_seen):>14} {_dash(c.chunk):>6}  "
+              f"{load}")
+    return 0
+
+
+def _dash(value) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
 
 
 def _spikes_analyze(args: argparse.Namespace) -> int:
@@ -182,10 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--chunk", type=int, required=True)
     inspect.add_argument("--row", type=int, required=True)
     inspect.set_defaults(func=_data_inspect)
-    order = data.add_parser("order", help="which chunk each checkpoint was trained on")
-    order.add_argument("dir")
-    order.add_argument("--checkpoint", type=int, help="1-based checkpoint number (ckpt_001 = 1)")
+    order = data.add_parser("order", help="which chunk each checkpoint was trained on (and the reverse)")
+    order.add_argument("source", nargs="?", help="a prepared data dir, or a pretraining run dir (what the run did)")
+    order.add_argument("--preset", help="a built-in order instead of a source: k2 (K2's real order)")
+    which = order.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=int, help="1-based checkpoint number (ckpt_001 = 1)")
+    which.add_argument("--chunk", type=int, help="the reverse: which checkpoint finished this chunk")
     order.set_defaults(func=_data_order)
+
+    ckpts = sub.add_parser("checkpoints", help="checkpoints of a run dir or Hub repo").add_subparsers(
+        dest="checkpoints_command", required=True)
+    ckpt_list = ckpts.add_parser("list", help="name, global step, tokens seen and chunk trained last, in order")
+    ckpt_list.add_argument("source", help="a pretraining run dir, a model dir, or a Hub repo id (e.g. LLM360/K2)")
+    ckpt_list.add_argument("--preset", help="chunk order of a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
+    ckpt_list.set_defaults(func=_checkpoints_list)
 
     spikes = sub.add_parser("spikes", help="loss-spike analysis").add_subparsers(dest="spikes_command", required=True)
     analyze = spikes.add_parser("analyze", help="table + PNG of benign/malignant spikes of a run or a CSV/JSONL curve")
@@ -224,8 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
+    args = parser.parse_args(argv)
+    from .errors import UserError
+
+    try:
+        return args.func(args)
+    except UserError as error:  # something the user can fix: one line, exit 2 (K2HF_DEBUG=1 for the traceback)
+        if args.debug or os.environ.get("K2HF_DEBUG") == "1":
+            raise
+        print(f"k2hf: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

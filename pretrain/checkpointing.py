@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from k2hf.checkpoints import CHUNK_CHECKPOINT as _CHUNK
+from k2hf.checkpoints import STEP_CHECKPOINT as _STEP
+from k2hf.checkpoints import TRAINER_STATE
 from k2hf.tokenizer import save_tokenizer
 
-TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE_DIR = "training_state"
-_CHUNK = re.compile(r"^ckpt_(\d+)$")
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -35,6 +34,7 @@ class TrainerState:
     """Where training is: everything besides tensors that an exact resume needs."""
 
     global_step: int = 0
+    tokens_seen: int = 0  # tokens of every optimizer step the model state went through
     order: list[int] = field(default_factory=list)  # chunk training order (may change after a rollback)
     order_pos: int = 0  # index into ``order`` of the chunk being consumed
     step_in_chunk: int = 0  # optimizer steps already taken in that chunk
@@ -45,6 +45,7 @@ class TrainerState:
     skip_steps: dict[str, list[list[int]]] = field(default_factory=dict)  # [start, end) step ranges not trained
     reseeds: dict[str, list[int]] = field(default_factory=dict)  # [from_step, seed]: remaining rows re-shuffled
     deferred: list[int] = field(default_factory=list)
+    data_log_lines: int | None = None  # lines of data_sequence.jsonl when this state was saved (resume cuts there)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -52,15 +53,6 @@ class TrainerState:
     @classmethod
     def from_json(cls, text: str) -> "TrainerState":
         return cls(**json.loads(text))
-
-
-def chunk_checkpoint_name(order_pos: int) -> str:
-    """``ckpt_001`` is the checkpoint after the first chunk of the training order."""
-    return f"ckpt_{order_pos + 1:03d}"
-
-
-def step_checkpoint_name(global_step: int) -> str:
-    return f"step_{global_step:07d}"
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:

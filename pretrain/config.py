@@ -11,10 +11,11 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from k2hf.errors import UserError
 from k2hf.recipes import build_section, load_yaml_recipe
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError):
     """A pretraining recipe that cannot run, found before any compute."""
 
 

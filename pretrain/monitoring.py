@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+METRICS = "metrics.jsonl"
+ROLLED_BACK = "metrics_rolled_back.jsonl"  # steps a spike rollback took back, each tagged with its `rollback` number
+
 # dense bf16 peak TFLOP/s per device, for MFU when `log.peak_tflops` is not given
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L40S": 362.0}
 
@@ -43,17 +46,32 @@ def peak_memory_gb() -> float:
 
 
 class JsonlLog:
-    """Append-only JSONL of step records, written by one rank (``enabled``), readable by all; truncated to the
-    resume step after a restart or rollback so steps are never duplicated."""
+    """Append-only JSONL of step records, written by one rank (``enabled``), readable by all. A resume cuts it
+    back to what the checkpoint saw (:meth:`truncate_to_lines`, or :meth:`truncate_after` a step), so nothing is
+    recorded twice."""
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
 
-    def truncate_after(self, step: int) -> None:
+    def _lines(self) -> list[str]:
+        return [line for line in self.path.read_text().splitlines() if line] if self.path.is_file() else []
+
+    def line_count(self) -> int:
+        return len(self._lines())
+
+    def truncate_to_lines(self, count: int) -> None:
+        if self.enabled and self.path.is_file():
+            self.path.write_text("".join(line + "\n" for line in self._lines()[:count]))
+
+    def truncate_after(self, step: int) -> list[dict]:
+        """Drop the records after ``step``; returns them."""
         if not (self.enabled and self.path.is_file()):
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+            return []
+        kept, dropped = [], []
+        for line in self._lines():
+            (kept if json.loads(line).get("step", 0) <= step else dropped).append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
+        return [json.loads(line) for line in dropped]
 
     def append(self, record: dict) -> None:
         if self.enabled:
@@ -61,13 +79,13 @@ class JsonlLog:
                 f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [json.loads(line) for line in self._lines()]
 
 
-def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | None = None) -> Path | None:
-    """Loss, grad norm and learning rate against step in one PNG; spike spans shaded if given."""
+def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | None = None,
+                         rolled_back: list[dict] | None = None) -> Path | None:
+    """Loss, grad norm and learning rate against step in one PNG; spike spans shaded, and the steps a rollback
+    took back (``rolled_back``, tagged with ``rollback``) drawn as dashed red segments."""
     steps = [r for r in records if "loss" in r]
     if not steps:
         return None
@@ -75,21 +93,31 @@ def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    segments: dict[int, list[dict]] = {}
+    for r in rolled_back or []:
+        segments.setdefault(r.get("rollback", 0), []).append(r)
     x = [r["step"] for r in steps]
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     for ax, key, label in zip(axes, ("loss", "grad_norm", "lr"), ("loss", "grad norm", "learning rate")):
         ax.plot(x, [r.get(key) for r in steps], lw=1)
+        for segment in segments.values():
+            ax.plot([r["step"] for r in segment], [r.get(key) for r in segment], lw=1, ls="--", color="tab:red")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         for span in spans or []:
             color = "tab:red" if span.get("class") == "malignant" else "tab:orange"
             ax.axvspan(span["onset_step"], span["end_step"], color=color, alpha=0.2)
+    handles = []
     if spans:
-        from matplotlib.patches import Patch
-
-        axes[0].legend(handles=[Patch(color="tab:orange", alpha=0.3, label="benign spike"),
-                                Patch(color="tab:red", alpha=0.3, label="malignant spike")], loc="best")
+        handles += [Patch(color="tab:orange", alpha=0.3, label="benign spike"),
+                    Patch(color="tab:red", alpha=0.3, label="malignant spike")]
+    if segments:
+        handles.append(Line2D([], [], color="tab:red", ls="--", label="rolled back (diverged, not in the model)"))
+    if handles:
+        axes[0].legend(handles=handles, loc="best")
     axes[-1].set_xlabel("optimizer step")
     axes[0].set_title("K2 pretraining")
     fig.tight_layout()

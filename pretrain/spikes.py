@@ -203,7 +203,8 @@ class SpikeAwarePretrainer(Pretrainer):
             "onset_step": spike.onset_step, "policy": cfg.policy, "order": restored.order,
             "order_pos": restored.order_pos, "step_in_chunk": restored.step_in_chunk, "evidence": evidence,
         })
-        self.metrics.truncate_after(restored.global_step)
+        for record in self.metrics.truncate_after(restored.global_step):  # measured: kept, marked as taken back
+            self.rolled_back.append({**record, "rollback": restored.rollbacks})
         self.accelerator.wait_for_everyone()
         self.detector = self._primed_detector(restored.global_step)
         self.bar.n = restored.global_step
@@ -282,16 +283,33 @@ def load_curve(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = None) -> tuple[list[dict], Path | None]:
-    """Offline analysis: the spikes of a curve and a PNG of loss + grad norm with their spans marked."""
-    from .monitoring import plot_training_curves
+def detect_with_rollbacks(records: list[dict], rolled_back: list[dict], config: SpikeSection) -> list[dict]:
+    """Spikes of a run as it happened: those of the final curve, plus those inside the steps a rollback took back
+    (detected on the curve up to the rollback target followed by the diverged steps; marked ``rolled_back``)."""
+    spikes = [{**s, "rolled_back": False} for s in detect(records, config)]
+    segments: dict[int, list[dict]] = {}
+    for r in rolled_back:
+        segments.setdefault(r.get("rollback", 0), []).append(r)
+    for number, segment in sorted(segments.items()):
+        start = min(r["step"] for r in segment)
+        timeline = [r for r in records if r["step"] < start] + sorted(segment, key=lambda r: r["step"])
+        spikes += [{**s, "rolled_back": True, "rollback": number}
+                   for s in detect(timeline, config) if s["onset_step"] >= start]
+    return sorted(spikes, key=lambda s: (s["onset_step"], s["rolled_back"]))
 
+
+def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = None) -> tuple[list[dict], Path | None]:
+    """Offline analysis: the spikes of a curve and a PNG of loss + grad norm with their spans marked. For a run dir
+    the steps that spike rollbacks took back are analysed and drawn too: nothing the run measured is lost."""
+    from .monitoring import ROLLED_BACK, plot_training_curves
+
+    source = Path(source)
     records = load_curve(source)
-    spikes = detect(records, config)
+    rolled_back = load_curve(source / ROLLED_BACK) if source.is_dir() and (source / ROLLED_BACK).is_file() else []
+    spikes = detect_with_rollbacks(records, rolled_back, config)
     if png is None:
-        source = Path(source)
         png = (source if source.is_dir() else source.parent) / "spikes.png"
-    return spikes, plot_training_curves(records, Path(png), spikes)
+    return spikes, plot_training_curves(records, Path(png), spikes, rolled_back)
 
 
 def format_table(spikes: list[dict]) -> str:
@@ -302,6 +320,7 @@ def format_table(spikes: list[dict]) -> str:
             f"{s['onset_step']:>7} {s['end_step']:>7} {s['duration']:>5} {s['baseline']:>9.4f} {s['peak_loss']:>9.4f} "
             f"{_num(s['grad_norm_max']):>9} {_num(s['grad_norm_median']):>9}  {s['class']}"
             + (" (late recovery)" if s.get("late_recovery") else "")
+            + (f" (rolled back by rollback {s['rollback']})" if s.get("rolled_back") else "")
         )
     if not spikes:
         lines.append("no spikes")
@@ -312,4 +331,5 @@ def _num(value) -> str:
     return f"{value:.3f}" if value is not None else "-"
 
 
-__all__ = ["SpikeAwarePretrainer", "SpikeDetector", "analyze", "detect", "effective_data_sequence", "format_table"]
+__all__ = ["SpikeAwarePretrainer", "SpikeDetector", "analyze", "detect", "detect_with_rollbacks",
+           "effective_data_sequence", "format_table"]

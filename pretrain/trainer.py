@@ -22,6 +22,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from k2hf.checkpoints import chunk_checkpoint_name, step_checkpoint_name
 from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tiny import padded_vocab_rows
 
@@ -30,18 +31,23 @@ from .checkpointing import (
     TRAINING_STATE_DIR,
     TrainerState,
     apply_retention,
-    chunk_checkpoint_name,
     clean_partial_saves,
     latest_checkpoint,
     save_checkpoint,
-    step_checkpoint_name,
 )
 from .config import BatchGeometry, TrainConfig, TrainConfigError, batch_geometry
 from .data.reader import PreparedData
-from .monitoring import JsonlLog, device_peak_tflops, flops_per_token, peak_memory_gb, plot_training_curves
+from .monitoring import (
+    METRICS,
+    ROLLED_BACK,
+    JsonlLog,
+    device_peak_tflops,
+    flops_per_token,
+    peak_memory_gb,
+    plot_training_curves,
+)
 
 DATA_LOG = "data_sequence.jsonl"
-METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
 
 
@@ -70,6 +76,7 @@ class Pretrainer:
         is_main = self.accelerator.is_main_process
         self.data_log = JsonlLog(self.output_dir / DATA_LOG, is_main)  # every step's chunk and rows, and events
         self.metrics = JsonlLog(self.output_dir / METRICS, is_main)
+        self.rolled_back = JsonlLog(self.output_dir / ROLLED_BACK, is_main)  # kept: what rollbacks took back
         self.tokenizer = self.data.tokenizer()
         self.state = TrainerState(order=list(self.data.chunk_order))
         self.total_steps = self._planned_steps(self.state.order)
@@ -173,9 +180,17 @@ class Pretrainer:
             self.state = TrainerState.from_json((resume / TRAINER_STATE).read_text())
             self.total_steps = self._planned_steps(self.state.order)
             if self.accelerator.is_main_process:
-                self.data_log.truncate_after(self.state.global_step)
+                if self.state.data_log_lines is not None:
+                    self.data_log.truncate_to_lines(self.state.data_log_lines)
+                else:  # checkpoints written before data_log_lines existed
+                    self.data_log.truncate_after(self.state.global_step)
                 self.metrics.truncate_after(self.state.global_step)
             self.accelerator.print(f"resumed from {resume.name} at step {self.state.global_step}")
+        elif self.accelerator.is_main_process:  # a fresh start: nothing of an earlier, checkpoint-less try is kept
+            for log in (self.data_log, self.metrics, self.rolled_back):
+                log.truncate_to_lines(0)
+            self.data_log.append({"step": 0, "event": "start", "order": list(self.state.order),
+                                  "data": str(self.data.path.resolve())})
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
 
     def rows_for_step(self, chunk: int, step_in_chunk: int) -> tuple[int, int, np.ndarray]:
@@ -245,6 +260,7 @@ class Pretrainer:
             elapsed = time.perf_counter() - started
             state.global_step += 1
             state.step_in_chunk += 1
+            state.tokens_seen += g.global_rows * g.seq_len
             tokens_per_s = g.global_rows * g.seq_len / elapsed
             record = {
                 "step": state.global_step, "loss": loss, "grad_norm": grad_norm,
@@ -267,7 +283,7 @@ class Pretrainer:
                 self.checkpoint(step_checkpoint_name(state.global_step))
         self.bar.close()
         if acc.is_main_process:
-            plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans())
+            self.plot_curves()
         acc.end_training()
         return self.state
 
@@ -297,19 +313,24 @@ class Pretrainer:
             self.rows_for_step(chunk, 0)  # make sure the cached order is this chunk's
             entry["row_ids_not_trained"] = self._order[used:rows].tolist()
         self.data_log.append(entry)
-        name = chunk_checkpoint_name(state.order_pos)
+        name = chunk_checkpoint_name(state.order_pos + 1)
         state.order_pos += 1
         next_chunk = state.order[state.order_pos] if state.order_pos < len(state.order) else None
         state.step_in_chunk = state.resume_steps.pop(str(next_chunk), 0)
         self.checkpoint(name)
 
     def checkpoint(self, name: str) -> Path:
+        self.state.data_log_lines = self.data_log.line_count()
         path = save_checkpoint(self.accelerator, self.model, self.tokenizer, self.state, self.ckpt_root, name)
         if self.accelerator.is_main_process:
             cfg = self.config.checkpoint
             apply_retention(self.ckpt_root, cfg.keep_chunk_checkpoints, cfg.keep_step_checkpoints, protect={name})
-            plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans())
+            self.plot_curves()
         return path
+
+    def plot_curves(self) -> Path | None:
+        return plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans(),
+                                    self.rolled_back.read())
 
 
 def reset_accelerate_state() -> None:

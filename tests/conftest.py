@@ -88,3 +88,50 @@ TAUGHT_CONVERSATION = [
     {"role": "user", "content": "What is the highest mountain in Africa?"},
     {"role": "assistant", "content": "Mount Kilimanjaro, in Tanzania."},
 ]
+
+
+# ------------------------------------------------------------------ runs shared by the research-suite tests
+DRILL_SPIKES = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
+                "malignant_steps": 4, "drill_poison_chunk": 2, "policy": "defer_chunk"}
+
+
+def train_tiny_run(data: Path, out: Path, **recipe_overrides) -> Path:
+    """Pretrain a tiny K2 on prepared ``data`` in this process (steps of 2 rows x 64 tokens): the run dir."""
+    import yaml
+
+    from k2hf.pretrain.config import load_train_config
+    from k2hf.pretrain.trainer import reset_accelerate_state, run
+
+    recipe = {
+        "data": str(data), "output_dir": str(out), "global_batch_tokens": 128, "micro_batch_size": 1,
+        "precision": "fp32", "seed": 42, "model": {"preset": "tiny", "overrides": {"vocab_size": "auto"}},
+        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2}, "log": {"tensorboard": False},
+        **recipe_overrides,
+    }
+    path = out.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe))
+    try:
+        run(load_train_config(path))
+    finally:
+        reset_accelerate_state()
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """The bundled sample mixture, prepared: 4 chunks of 19 rows x 64 tokens."""
+    from k2hf.pretrain.data.config import load_data_config
+    from k2hf.pretrain.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("sample-data") / "data"
+    prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml"), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def drill_run(sample_data, tmp_path_factory) -> Path:
+    """A run whose chunk 2 is poisoned until the first rollback: malignant spike at steps 19-22, rollback to
+    ckpt_002, chunk 2 deferred (order 0, 1, 3, 2); mid-chunk checkpoints every 4 steps (the newest 2 kept)."""
+    return train_tiny_run(sample_data, tmp_path_factory.mktemp("drill") / "run", spikes=DRILL_SPIKES,
+                          checkpoint={"every_steps": 4})

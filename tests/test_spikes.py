@@ -209,3 +209,20 @@ def test_analyze_run_dir_and_csv(data_dir, tmp_path, capsys):
     assert cli.main(["spikes", "analyze", str(csv_path), "--out", str(tmp_path / "curve.png")]) == 0
     out = capsys.readouterr().out
     assert "benign" in out and "malignant" in out and (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
+    """The rollback takes steps 19-22 out of metrics.jsonl (the model never kept them) but not out of the record:
+    they move to metrics_rolled_back.jsonl, and `spikes analyze RUN_DIR` still finds the malignant spike there."""
+    rolled = _jsonl(drill_run / "metrics_rolled_back.jsonl")
+    assert [(r["step"], r["rollback"], r["chunk"]) for r in rolled] == [(s, 1, 2) for s in range(19, 23)]
+    evidence = drill_run / "spikes/spike_001_step_0000022/metrics_diverged.jsonl"
+    diverged = {r["step"]: r["loss"] for r in _jsonl(evidence)}
+    assert [r["loss"] for r in rolled] == [diverged[s] for s in range(19, 23)]
+    assert [r["step"] for r in _jsonl(drill_run / "metrics.jsonl")] == list(range(1, 37))
+    args = ["--window", "8", "--min-delta", "0.3", "--recovery-steps", "2", "--malignant-steps", "4"]
+    assert cli.main(["spikes", "analyze", str(drill_run), *args]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "malignant" in x]
+    assert line.split()[:3] == ["19", "22", "4"] and line.endswith("malignant (rolled back by rollback 1)")
+    assert (drill_run / "spikes.png").stat().st_size > 10_000

@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from k2hf.errors import UserError
 from k2hf.recipes import build_section, load_yaml_recipe
+from k2hf.release import ORDER_PRESETS, order_preset
 
 FORMATS = ("jsonl", "parquet", "text", "hub")
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
     """A data recipe that cannot be prepared, found before any work starts."""
 
 
@@ -49,7 +51,8 @@ class SubsetConfig:
 
 @dataclass
 class DataConfig:
-    """The whole recipe. ``chunk_order`` is the training order of chunks (default 0..N-1 with ``defer`` moved last)."""
+    """The whole recipe. ``chunk_order`` is the training order of chunks: a list, a preset name (``k2``: K2's
+    real order, 360 chunks), or by default 0..N-1 with ``defer`` moved last."""
 
     subsets: list[SubsetConfig]
     tokenizer: str
@@ -57,7 +60,7 @@ class DataConfig:
     num_chunks: int = 360
     seed: int = 1234
     fim: FimConfig = field(default_factory=FimConfig)
-    chunk_order: list[int] | None = None
+    chunk_order: list[int] | str | None = None
     defer: list[int] = field(default_factory=list)
     on_error: Literal["fail", "skip"] = "fail"
     num_workers: int = 2
@@ -68,6 +71,8 @@ class DataConfig:
 
     def resolved_order(self) -> list[int]:
         """Chunk indices in training order."""
+        if isinstance(self.chunk_order, str):
+            return order_preset(self.chunk_order)
         if self.chunk_order is not None:
             return list(self.chunk_order)
         deferred = [c for c in self.defer]
@@ -116,6 +121,12 @@ def validate(config: DataConfig) -> None:
         raise DataConfigError(f"subset names must be unique (got {names})")
     for subset in config.subsets:
         _validate_subset(subset, config.base_dir)
+    if isinstance(config.chunk_order, str):
+        if config.chunk_order not in ORDER_PRESETS:
+            raise DataConfigError(f"chunk_order {config.chunk_order!r} is not a preset; known: {sorted(ORDER_PRESETS)}"
+                                  " (or give a list of chunk indices)")
+        if config.defer:
+            raise DataConfigError("give either `defer` or a `chunk_order` preset, not both (the preset is the order)")
     order = config.resolved_order()
     if sorted(order) != list(range(config.num_chunks)):
         raise DataConfigError(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from k2hf.errors import UserError
 from k2hf.tokenizer import PlainTextEncoder
 
 from .config import SubsetConfig
@@ -30,7 +31,7 @@ ENCODE_BATCH = 1024
 BLOCK_RECORDS = 8192  # records tokenized at a time: bounds a worker's memory whatever the file size
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError):
     """A bad record under ``on_error: fail``: names the file and line."""
 
 

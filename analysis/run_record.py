@@ -1,0 +1,104 @@
+"""What a training run actually did, read back from its data-sequence log.
+
+The trainer appends every optimizer step (chunk, row range or row ids), every chunk end (which writes
+``ckpt_N``), every skip, rollback and halt to ``data_sequence.jsonl``, and never rewrites history: after a
+loss-spike rollback the diverged steps stay in the file, followed by the rollback event. Replaying the file
+gives, for every checkpoint, the chunk it was trained on last and the exact rows behind it, including when a
+rollback deferred a chunk and the run diverged from the data manifest's plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from k2hf.checkpoints import CHUNK_CHECKPOINT, SPIKE_EVIDENCE, STEP_CHECKPOINT
+from k2hf.errors import UserError
+from k2hf.pretrain.trainer import DATA_LOG
+
+
+class RunRecordError(UserError):
+    """A run dir without a readable data-sequence log, or a checkpoint the log does not know."""
+
+
+@dataclass(frozen=True)
+class ChunkCheckpoint:
+    """``ckpt_N`` of a run: the chunk it finished, at which step, and the chunk the plan had at that place."""
+
+    number: int
+    chunk: int
+    global_step: int
+    planned_chunk: int | None
+
+
+class RunRecord:
+    """The replayable history of one run dir (``RUN/data_sequence.jsonl``)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        path = self.run_dir / DATA_LOG
+        if not path.is_file():
+            raise RunRecordError(f"{self.run_dir} has no {DATA_LOG}: not a k2hf pretraining run dir")
+        self.log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        start = next((e for e in self.log if e.get("event") == "start"), None)
+        self.planned_order: list[int] | None = start["order"] if start else None
+        self.data_dir: Path | None = Path(start["data"]) if start and start.get("data") else None
+
+    # ------------------------------------------------------------------ checkpoints -> chunks
+    def chunk_checkpoints(self) -> list[ChunkCheckpoint]:
+        """Every ``ckpt_N`` the run wrote, as the files on disk have it (a later write of ``ckpt_N`` wins)."""
+        found: dict[int, ChunkCheckpoint] = {}
+        for entry in self.log:
+            if entry.get("event") == "chunk_end":
+                n = entry["order_pos"] + 1
+                plan = self.planned_order
+                found[n] = ChunkCheckpoint(n, entry["chunk"], entry["step"],
+                                           plan[n - 1] if plan and n <= len(plan) else None)
+        return [found[n] for n in sorted(found)]
+
+    # ------------------------------------------------------------------ checkpoints -> rows
+    def trained_rows(self, checkpoint: str) -> dict[int, np.ndarray]:
+        """The rows (per chunk, sorted row indices) that the model state of ``checkpoint`` was trained on:
+        ``ckpt_007``, ``step_0001234`` or a spike-evidence name such as ``spike_001_step_0000022``."""
+        position = self._position_of(checkpoint)
+        rows: dict[int, list[int]] = {}
+        for entry in self._live_steps(position):
+            ids = entry.get("row_ids") or range(*entry["rows"])
+            rows.setdefault(entry["chunk"], []).extend(ids)
+        return {chunk: np.unique(np.asarray(ids, dtype=np.int64)) for chunk, ids in rows.items()}
+
+    def _position_of(self, checkpoint: str) -> int:
+        """Index of the log entry after which ``checkpoint`` was written (its last write)."""
+        position = None
+        if m := CHUNK_CHECKPOINT.match(checkpoint):
+            for i, e in enumerate(self.log):
+                if e.get("event") == "chunk_end" and e["order_pos"] + 1 == int(m.group(1)):
+                    position = i
+        elif m := STEP_CHECKPOINT.match(checkpoint):
+            for i, e in enumerate(self.log):
+                if "event" not in e and e.get("step") == int(m.group(1)):
+                    position = i
+        elif SPIKE_EVIDENCE.match(checkpoint):
+            for i, e in enumerate(self.log):
+                if e.get("event") in ("rollback", "halt") and e.get("evidence") == f"spikes/{checkpoint}":
+                    position = i - 1  # the evidence is the diverged state, saved before the rollback
+        if position is None:
+            raise RunRecordError(f"{DATA_LOG} of {self.run_dir} records no checkpoint {checkpoint!r}")
+        return position
+
+    def _live_steps(self, position: int) -> list[dict]:
+        """The step entries in effect after log entry ``position``: a rollback discards the steps after its target."""
+        steps: list[dict] = []
+        for entry in self.log[: position + 1]:
+            if entry.get("event") == "rollback":
+                steps = [s for s in steps if s["step"] <= entry["to_step"]]
+            elif "rows" in entry and "event" not in entry:
+                steps.append(entry)
+        return steps
+
+
+__all__ = ["ChunkCheckpoint", "RunRecord", "RunRecordError"]
