@@ -83,8 +83,9 @@ def _data_inspect(args: argparse.Namespace) -> int:
     print(f"chunk {args.chunk} row {args.row} ({len(ids)} tokens)")
     for piece in data.describe_row(args.chunk, args.row):
         a, b = piece["position"]
-        print(f"--- [{a}:{b}] {piece['subset']} {piece['source']} record {piece['record']} "
-              f"(pass {piece['repeat_pass']}, fim {piece['fim']}, document tokens {piece['document_tokens']})")
+        known = ", ".join(f"{label} {piece[key]}" for key, label in (
+            ("repeat_pass", "pass"), ("fim", "fim"), ("document_tokens", "document tokens")) if piece[key] is not None)
+        print(f"--- [{a}:{b}] {piece['subset']} {piece['source']} record {piece['record']} ({known})")
         print(tokenizer.decode(ids[a:b]))
     return 0
 
@@ -121,6 +122,52 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
 
 def _dash(value) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+
+def _data_import_k2(args: argparse.Namespace) -> int:
+    from .pretrain.data.import_k2 import import_k2
+
+    manifest = import_k2(args.src, args.out, tokenizer=args.tokenizer, chunks=_int_list(args.chunks),
+                         on_error=args.on_error, revision=args.revision, seq_len=args.seq_len)
+    skipped = ", ".join(f"{k} {v}" for k, v in manifest["rows_skipped"].items()) or "none"
+    print(f"imported {manifest['rows_imported']} of {manifest['rows_read']} rows x {manifest['seq_len']} tokens "
+          f"from {len(manifest['chunks_imported'])} chunk(s) (skipped: {skipped}) -> {args.out}")
+    for subset in manifest["subsets"]:
+        print(f"  {subset['name']}: {subset['rows']} rows from {len(subset['sources'])} source file(s)")
+    return 0
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    """``"3,4,10-12"`` -> ``[3, 4, 10, 11, 12]``."""
+    if text is None:
+        return None
+    from .errors import UserError
+
+    values = []
+    for part in text.split(","):
+        a, dash, b = part.strip().partition("-")
+        try:
+            values += range(int(a), int(b) + 1) if dash else [int(a)]
+        except ValueError:
+            raise UserError(f"{text!r} is not a list of chunk numbers such as 3,4,10-12") from None
+    return values
+
+
+def _analyze_memorization(args: argparse.Namespace) -> int:
+    from .analysis.memorization import MemorizationConfig, analyze_memorization
+
+    config = MemorizationConfig(prompt_tokens=args.prompt_tokens, continuation_tokens=args.continuation_tokens,
+                                samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+                                include_untrained=args.include_untrained)
+    kwargs = {"dtype": args.dtype} if args.dtype else {}
+    summary = analyze_memorization(args.model, args.out, data=args.data, checkpoints=args.checkpoints,
+                                   chunks=_int_list(args.chunks), config=config, order=args.preset,
+                                   device=args.device, **kwargs)
+    print(f"{'checkpoint':<24} {'rows':>6} {'mean score':>11} {'full match':>11}")
+    for name, stats in summary["checkpoints"].items():
+        print(f"{name:<24} {stats['rows']:>6} {stats['mean_score']:>11.4f} {stats['full_match_rate']:>11.2%}")
+    print(f"scores, summary and plots -> {args.out}")
+    return 0
 
 
 def _spikes_analyze(args: argparse.Namespace) -> int:
@@ -214,6 +261,38 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--checkpoint", type=int, help="1-based checkpoint number (ckpt_001 = 1)")
     which.add_argument("--chunk", type=int, help="the reverse: which checkpoint finished this chunk")
     order.set_defaults(func=_data_order)
+
+    imp = data.add_parser("import-k2", help="LLM360's released K2 data chunks -> k2hf prepared data (bit for bit)")
+    imp.add_argument("src", help="a dir of chunk_<i>.jsonl files, or the Hub dataset LLM360/K2Datasets (streamed)")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--chunks", help="which chunks, e.g. 0-15,32 (default: all 360)")
+    imp.add_argument("--tokenizer", default="LLM360/K2", help="K2 tokenizer: a dir, or a Hub repo (default LLM360/K2)")
+    imp.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                     help="malformed rows: stop naming file and line (default), or skip and count per reason")
+    imp.add_argument("--revision", default=None, help="Hub revision of the dataset")
+    imp.add_argument("--seq-len", type=int, default=2048, help="tokens per released row (K2: 2048)")
+    imp.set_defaults(func=_data_import_k2)
+
+    analyze_cmd = sub.add_parser("analyze", help="research analyses across checkpoints").add_subparsers(
+        dest="analyze_command", required=True)
+    mem = analyze_cmd.add_parser("memorization", help="memorization score of training rows across checkpoints "
+                                 "(LLM360 paper 4.3)")
+    mem.add_argument("--model", required=True, help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
+    mem.add_argument("--checkpoints", default="all", help="all (chunk checkpoints), or numbers/names: 1,5,9")
+    mem.add_argument("--data", help="prepared or imported data the rows come from (default for a run dir: its data)")
+    mem.add_argument("--chunks", help="chunks to draw rows from, e.g. 3,4 (default: those the first checkpoint "
+                     "trained on)")
+    mem.add_argument("--samples", type=int, default=1000, help="rows per checkpoint")
+    mem.add_argument("--seed", type=int, default=42)
+    mem.add_argument("--prompt-tokens", type=int, default=32)
+    mem.add_argument("--continuation-tokens", type=int, default=32)
+    mem.add_argument("--batch-size", type=int, default=64)
+    mem.add_argument("--include-untrained", action="store_true", help="also rows the checkpoint has not trained on")
+    mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
+    mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
+    mem.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    mem.add_argument("--out", required=True)
+    mem.set_defaults(func=_analyze_memorization)
 
     ckpts = sub.add_parser("checkpoints", help="checkpoints of a run dir or Hub repo").add_subparsers(
         dest="checkpoints_command", required=True)

@@ -56,6 +56,8 @@ class HubServer:
         self.requests.append(f"{h.command} {path}")
         if m := re.match(r"^/api/(model|dataset)s/([^/]+/[^/]+)/refs$", path):
             return self._refs(h, m.group(1), m.group(2))
+        if m := re.match(r"^/api/(model|dataset)s/([^/]+/[^/]+)$", path):
+            return self._revision(h, m.group(1), m.group(2), "main")
         if m := re.match(r"^/api/(model|dataset)s/([^/]+/[^/]+)/revision/([^/]+)$", path):
             return self._revision(h, m.group(1), m.group(2), m.group(3))
         if m := re.match(r"^/api/(model|dataset)s/([^/]+/[^/]+)/tree/([^/]+)/?(.*)$", path):

@@ -69,7 +69,8 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
 
 
 def load_tokenizer(spec: str, base_dir: str, work_dir: Path):
-    """``sample`` (the tiny demo tokenizer), a dir with tokenizer.json, or a LLaMA tokenizer.model / its dir."""
+    """``sample`` (the tiny demo tokenizer), a dir with tokenizer.json, a LLaMA tokenizer.model / its dir, or a
+    Hub repo id with a tokenizer (``LLM360/K2``)."""
     from transformers import AutoTokenizer
 
     from k2hf.tokenizer import build_k2_tokenizer
@@ -81,6 +82,8 @@ def load_tokenizer(spec: str, base_dir: str, work_dir: Path):
     path = Path(spec) if os.path.isabs(spec) else Path(base_dir) / spec
     if (path / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(path)
+    if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "~")):
+        return AutoTokenizer.from_pretrained(spec)  # a Hub repo id, e.g. LLM360/K2
     return build_k2_tokenizer(path)
 
 

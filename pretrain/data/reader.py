@@ -10,7 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
+from k2hf.errors import UserError
+
 from .prepare import MANIFEST, sha256_file
+
+
+class DataIndexError(UserError, IndexError):
+    """A chunk, row or checkpoint index outside the prepared data."""
+
+
+class NotPreparedDataError(UserError, FileNotFoundError):
+    """A folder without a prepared-data manifest."""
 
 
 @dataclass
@@ -19,7 +29,7 @@ class Chunk:
 
     index: int
     tokens: np.ndarray  # memmap, shape (rows, seq_len)
-    pieces_path: Path
+    pieces_path: Path | None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -27,7 +37,7 @@ class Chunk:
     def row(self, i: int) -> np.ndarray:
         """Row ``i`` as int64 ids (a constant-time slice of the memory map)."""
         if not 0 <= i < len(self):
-            raise IndexError(f"chunk {self.index} has {len(self)} rows; row {i} does not exist")
+            raise DataIndexError(f"chunk {self.index} has {len(self)} rows (0..{len(self) - 1}); row {i} does not exist")
         return self.tokens[i].astype(np.int64)
 
     @cached_property
@@ -46,7 +56,8 @@ class PreparedData:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
-            raise FileNotFoundError(f"{self.path} has no {MANIFEST}: run `k2hf data prepare` first")
+            raise NotPreparedDataError(f"{self.path} has no {MANIFEST}: not prepared data (run `k2hf data prepare` "
+                                       "or `k2hf data import-k2` first)")
         self.manifest = json.loads(manifest.read_text())
         self.seq_len: int = self.manifest["seq_len"]
         self.dtype = np.dtype(self.manifest["dtype"])
@@ -57,18 +68,19 @@ class PreparedData:
         return self.manifest["num_chunks"]
 
     def chunk(self, index: int) -> Chunk:
+        if not 0 <= index < self.num_chunks:
+            raise DataIndexError(f"chunk {index} does not exist: {self.path} has chunks 0..{self.num_chunks - 1}")
         info = self.manifest["chunks"][index]
-        path = self.path / info["file"]
         if info["rows"]:
-            tokens = np.memmap(path, dtype=self.dtype, mode="r", shape=(info["rows"], self.seq_len))
-        else:
+            tokens = np.memmap(self.path / info["file"], dtype=self.dtype, mode="r", shape=(info["rows"], self.seq_len))
+        else:  # an empty chunk, or one a partial K2 import left out
             tokens = np.zeros((0, self.seq_len), self.dtype)
-        return Chunk(index, tokens, self.path / info["pieces_file"])
+        return Chunk(index, tokens, self.path / info["pieces_file"] if info["pieces_file"] else None)
 
     def chunk_for_checkpoint(self, checkpoint: int) -> int:
         """The chunk that checkpoint ``checkpoint`` (1-based, like ``ckpt_001``) was trained on."""
         if not 1 <= checkpoint <= len(self.chunk_order):
-            raise IndexError(f"checkpoints are 1..{len(self.chunk_order)}; got {checkpoint}")
+            raise DataIndexError(f"checkpoints are 1..{len(self.chunk_order)}; got {checkpoint}")
         return self.chunk_order[checkpoint - 1]
 
     def tokenizer(self):
@@ -77,7 +89,8 @@ class PreparedData:
         return AutoTokenizer.from_pretrained(self.path / self.manifest["tokenizer"]["path"])
 
     def describe_row(self, chunk: int, row: int) -> list[dict]:
-        """Where every piece of a row came from: subset, source file, record (line) index, token span."""
+        """Where every piece of a row came from: subset, source file, record (line) index, token span (``None``
+        where the data does not record it, e.g. the FIM choice and document offset of imported K2 rows)."""
         subsets = self.manifest["subsets"]
         return [
             {
@@ -86,8 +99,8 @@ class PreparedData:
                 "source": subsets[p["subset"]]["sources"][p["source"]],
                 "record": int(p["record"]),
                 "repeat_pass": int(p["pass"]),
-                "fim": ("none", "PSM", "SPM")[int(p["fim"])],
-                "document_tokens": [int(p["offset"]), int(p["offset"] + p["length"])],
+                "fim": ("none", "PSM", "SPM")[int(p["fim"])] if p["fim"] >= 0 else None,
+                "document_tokens": [int(p["offset"]), int(p["offset"] + p["length"])] if p["offset"] >= 0 else None,
             }
             for p in self.chunk(chunk).pieces_of(row)
         ]
@@ -97,6 +110,8 @@ class PreparedData:
         problems = []
         itemsize = self.dtype.itemsize
         for info in self.manifest["chunks"]:
+            if info["file"] is None:  # a chunk not imported (partial K2 import)
+                continue
             path = self.path / info["file"]
             if not path.is_file():
                 problems.append(f"{info['file']}: missing")
@@ -107,12 +122,21 @@ class PreparedData:
                 problems.append(f"{info['file']}: sha256 mismatch")
             if sha256_file(self.path / info["pieces_file"]) != info["pieces_sha256"]:
                 problems.append(f"{info['pieces_file']}: sha256 mismatch")
+        if self.manifest.get("kind") == "k2_release":
+            m = self.manifest
+            accounted = m["rows_imported"] + sum(m["rows_skipped"].values())
+            if accounted != m["rows_read"]:
+                problems.append(f"rows read {m['rows_read']} != imported + skipped ({accounted})")
+            if sum(c["rows"] for c in m["chunks"]) != m["rows_imported"]:
+                problems.append(f"chunks hold {sum(c['rows'] for c in m['chunks'])} rows, manifest says "
+                                f"{m['rows_imported']} imported")
         for subset in self.manifest["subsets"]:
-            accounted = subset["documents_packed"] + sum(subset["documents_skipped"].values())
-            if accounted != subset["documents_read"]:
-                problems.append(f"subset {subset['name']}: read {subset['documents_read']} != packed + skipped "
-                                f"({accounted})")
-            rows = sum(c["subset_rows"][subset["name"]] for c in self.manifest["chunks"])
+            if "documents_read" in subset:
+                accounted = subset["documents_packed"] + sum(subset["documents_skipped"].values())
+                if accounted != subset["documents_read"]:
+                    problems.append(f"subset {subset['name']}: read {subset['documents_read']} != packed + skipped "
+                                    f"({accounted})")
+            rows = sum(c.get("subset_rows", {}).get(subset["name"], 0) for c in self.manifest["chunks"])
             if rows != subset["rows"]:
                 problems.append(f"subset {subset['name']}: chunks hold {rows} rows, manifest says {subset['rows']}")
         token_path = self.path / self.manifest["tokenizer"]["path"] / "tokenizer.json"

@@ -1,0 +1,61 @@
+"""PNG plots of the research suite (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_score_histograms(per_checkpoint: dict[str, dict], k: int, out: Path) -> Path:
+    """Distribution of memorization scores, one step-outline histogram per checkpoint (log-scaled counts)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = np.arange(k + 1) / k
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(per_checkpoint), 1)))
+    for color, (name, stats) in zip(colors, per_checkpoint.items()):
+        counts = np.asarray(stats["histogram"], dtype=float)
+        ax.step(x, np.where(counts > 0, counts, np.nan), where="mid", color=color,
+                label=f"{name}: mean {stats['mean_score']:.3f}, full match {stats['full_match_rate']:.1%}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"memorization score (matching tokens of {k} greedy ones / {k})")
+    ax.set_ylabel("rows")
+    ax.set_xlim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Memorization score distribution per checkpoint")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_correlation_heatmap(names: list[str], matrix: np.ndarray, out: Path) -> Path:
+    """Pearson correlation of per-row scores between checkpoints, annotated (blank where undefined)."""
+    plt = _pyplot()
+    size = 2.5 + 0.6 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(np.ma.masked_invalid(matrix), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if np.isfinite(matrix[i, j]):
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="Pearson r of per-row scores")
+    ax.set_title("Memorization: correlation between checkpoints")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
