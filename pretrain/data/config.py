@@ -63,6 +63,8 @@ class DataConfig:
     chunk_order: list[int] | str | None = None
     defer: list[int] = field(default_factory=list)
     on_error: Literal["fail", "skip"] = "fail"
+    # default: each document encoded whole + eos id; k2_release: how K2's released rows were made (k2_release.py)
+    tokenization: Literal["default", "k2_release"] = "default"
     num_workers: int = 2
     base_dir: str = "."
 
@@ -111,6 +113,12 @@ def validate(config: DataConfig) -> None:
         raise DataConfigError(f"num_chunks must be an integer >= 1 (got {config.num_chunks!r})")
     if config.on_error not in ("fail", "skip"):
         raise DataConfigError(f"on_error must be 'fail' or 'skip' (got {config.on_error!r})")
+    if config.tokenization not in ("default", "k2_release"):
+        raise DataConfigError(f"tokenization must be 'default' or 'k2_release' (got {config.tokenization!r})")
+    if config.tokenization == "k2_release" and any(s.fim for s in config.subsets):
+        raise DataConfigError("tokenization k2_release has no fill-in-the-middle (K2 chose FIM per row with a "
+                              "wall-clock seed; its released rows are the record: import them with "
+                              "`k2hf data import-k2`): set `fim: false`")
     if config.num_workers < 1:
         raise DataConfigError(f"num_workers must be >= 1 (got {config.num_workers})")
     for name, value in (("fim.rate", config.fim.rate), ("fim.spm_rate", config.fim.spm_rate)):

@@ -118,7 +118,7 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
             stat = _stat_or_none(source)
             fingerprint = hashlib.sha256(json.dumps([
                 subset.__dict__, source, stat and [stat.st_size, stat.st_mtime_ns], tokenizer_hash, config.seed,
-                config.fim.__dict__, config.on_error, BLOCK_RECORDS, FORMAT_VERSION,
+                config.fim.__dict__, config.on_error, BLOCK_RECORDS, FORMAT_VERSION, config.tokenization,
             ], sort_keys=True, default=str).encode()).hexdigest()
             jobs.append(ShardJob(
                 subset=subset, subset_index=s_index, source_index=f_index, source=source,
@@ -126,7 +126,7 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
                 sp_model=str(sp_model) if sp_model else None,
                 eos_id=tokenizer.eos_token_id, fim_ids=fim_ids, fim_rate=config.fim.rate,
                 spm_rate=config.fim.spm_rate, seed=config.seed, fail_on_error=config.on_error == "fail",
-                fingerprint=fingerprint,
+                fingerprint=fingerprint, tokenization=config.tokenization,
             ))
     return jobs
 
@@ -252,6 +252,8 @@ def _pack(config: DataConfig, sources: dict, jobs: list[ShardJob], shard_stats: 
         fill = 0
         row_pieces: list[tuple] = []
         rows = instances = tokens_packed = fim_instances = first_pass = 0
+        tail = _DroppedTail()
+        per_file_rows = config.tokenization == "k2_release"
         for repeat_pass in range(math.ceil(subset.repeat)):
             for job, _ in mine:
                 shard_tokens, table, _ = load_shard(job.out_dir)
@@ -276,14 +278,15 @@ def _pack(config: DataConfig, sources: dict, jobs: list[ShardJob], shard_stats: 
                             tokens_packed += seq_len
                             bar.update(seq_len)
                             fill, row_pieces = 0, []
-        # the last partial row is dropped; documents that lay wholly inside it are not packed
-        dropped = [p for p in row_pieces if p[7] == 0]
-        dropped_first = sum(1 for p in dropped if p[5] == 0)
+                if per_file_rows:  # k2_release: rows never cross files; each file's remainder is dropped
+                    tail.drop(fill, row_pieces)
+                    fill, row_pieces = 0, []
+        tail.drop(fill, row_pieces)  # the subset's last partial row
         dealt += rows
         subsets_report.append(_subset_report(
-            subset, sources[subset.name], [s for _, s in mine], rows=rows, instances=instances - len(dropped),
-            fim_instances=fim_instances, tokens_packed=tokens_packed, tail_tokens=fill,
-            documents_packed=first_pass - dropped_first, dropped_docs=dropped_first,
+            subset, sources[subset.name], [s for _, s in mine], rows=rows, instances=instances - tail.instances,
+            fim_instances=fim_instances, tokens_packed=tokens_packed, tail_tokens=tail.tokens,
+            documents_packed=first_pass - tail.first_pass_documents, dropped_docs=tail.first_pass_documents,
         ))
     bar.close()
     chunk_results = writer.finalize(out, config.seed, progress)
@@ -303,6 +306,19 @@ def _pack(config: DataConfig, sources: dict, jobs: list[ShardJob], shard_stats: 
         "subsets": subsets_report,
         "chunks": chunks,
     }
+
+
+class _DroppedTail:
+    """Tokens of partial rows that are dropped, and the document instances that lay wholly inside them."""
+
+    def __init__(self) -> None:
+        self.tokens = self.instances = self.first_pass_documents = 0
+
+    def drop(self, fill: int, row_pieces: list[tuple]) -> None:
+        started_here = [p for p in row_pieces if p[7] == 0]  # document offset 0: began (and ended) in this row
+        self.tokens += fill
+        self.instances += len(started_here)
+        self.first_pass_documents += sum(1 for p in started_here if p[5] == 0)
 
 
 def _subset_report(subset, sources: list[str], stats: list[dict], *, rows: int, instances: int, fim_instances: int,

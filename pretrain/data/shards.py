@@ -24,6 +24,7 @@ from k2hf.tokenizer import PlainTextEncoder
 
 from .config import SubsetConfig
 from .fim import NO_FIM, FimTokenIds, assemble, fim_decisions, split_text
+from .k2_release import SPECIAL_STRINGS, encode_file
 from .sources import BadRecord, read_source
 
 INSTANCE_DTYPE = np.dtype([("record", "<i8"), ("pass", "<i4"), ("fim", "i1"), ("start", "<i8"), ("length", "<i8")])
@@ -53,6 +54,7 @@ class ShardJob:
     seed: int
     fail_on_error: bool
     fingerprint: str
+    tokenization: str = "default"  # or "k2_release" (see .k2_release)
 
 
 def shard_is_done(job: ShardJob) -> bool:
@@ -63,7 +65,8 @@ def shard_is_done(job: ShardJob) -> bool:
 def build_shard(job: ShardJob) -> dict:
     """Tokenize ``job.source`` into ``job.out_dir``, streaming in blocks; returns the shard's stats."""
     # text is untrusted: "<fim_prefix>" in data stays plain text
-    encoder = PlainTextEncoder(Tokenizer.from_str(job.tokenizer_json), job.sp_model)
+    encoder = PlainTextEncoder(Tokenizer.from_str(job.tokenizer_json), job.sp_model) \
+        if job.tokenization == "default" else None
     out_dir = Path(job.out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -71,17 +74,10 @@ def build_shard(job: ShardJob) -> dict:
     state = _ShardState(job, encoder)
     with open(tmp / "tokens.bin", "wb") as token_file:
         state.token_file = token_file
-        block: list[tuple[int, str]] = []
-        for item in read_source(job.subset, job.source):
-            if isinstance(item, BadRecord):
-                state.bad_record(item)
-                continue
-            block.append(item)
-            if len(block) == BLOCK_RECORDS:
-                state.add_block(block)
-                block = []
-        if block:
-            state.add_block(block)
+        if job.tokenization == "k2_release":
+            state.add_release_file(read_source(job.subset, job.source))
+        else:
+            state.add_documents(read_source(job.subset, job.source))
     instances = np.concatenate(state.tables) if state.tables else np.zeros(0, INSTANCE_DTYPE)
     instances = instances[np.lexsort((instances["record"], instances["pass"]))]  # pass-major, then record order
     stats = state.stats(len(instances))
@@ -95,7 +91,7 @@ def build_shard(job: ShardJob) -> dict:
 class _ShardState:
     """Accumulates one shard: tokens go straight to disk, instance tables stay in memory (40 bytes each)."""
 
-    def __init__(self, job: ShardJob, encoder: PlainTextEncoder) -> None:
+    def __init__(self, job: ShardJob, encoder: PlainTextEncoder | None) -> None:
         self.job, self.encoder = job, encoder
         self.fim_ids = FimTokenIds(*job.fim_ids)
         self.token_file = None
@@ -120,6 +116,20 @@ class _ShardState:
         self.token_file.write(array.tobytes())
         self.total += len(array)
         return start
+
+    def add_documents(self, items) -> None:
+        """Default tokenization: each document on its own, a block of records at a time (bounded memory)."""
+        block: list[tuple[int, str]] = []
+        for item in items:
+            if isinstance(item, BadRecord):
+                self.bad_record(item)
+                continue
+            block.append(item)
+            if len(block) == BLOCK_RECORDS:
+                self.add_block(block)
+                block = []
+        if block:
+            self.add_block(block)
 
     def add_block(self, block: list[tuple[int, str]]) -> None:
         job = self.job
@@ -150,6 +160,45 @@ class _ShardState:
                 self.first_pass_kept += len(keep)
         self.good += len(block)
         self.blocks += 1
+
+    def add_release_file(self, items) -> None:
+        """``tokenization: k2_release``: the whole file as one id stream (windows cross documents); each document
+        owns the contiguous span of its pieces, its ``</s>`` included."""
+        tokenizer = Tokenizer.from_str(self.job.tokenizer_json)
+        special_ids = {s: tokenizer.token_to_id(s) for s in SPECIAL_STRINGS}
+        missing = [s for s, i in special_ids.items() if i is None]
+        if missing:
+            raise BadInputError(f"tokenization k2_release needs the tokens {missing} in the tokenizer")
+
+        def good():
+            for item in items:
+                if isinstance(item, BadRecord):
+                    self.bad_record(item)
+                    continue
+                self.good += 1
+                yield item
+
+        def encode_batch(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+        spans: dict[int, list[int]] = {}
+        for ids, record in encode_file(good(), encode_batch, special_ids):
+            start = self._append(ids)
+            if record in spans:
+                spans[record][1] += len(ids)
+            else:
+                spans[record] = [start, len(ids)]
+        records = np.fromiter(spans, dtype=np.int64, count=len(spans))
+        starts = np.array([v[0] for v in spans.values()], dtype=np.int64)
+        lengths = np.array([v[1] for v in spans.values()], dtype=np.int64)
+        for repeat_pass in range(math.ceil(self.job.subset.repeat)):
+            keep = np.flatnonzero(self._included(repeat_pass, len(records)))
+            table = np.zeros(len(keep), dtype=INSTANCE_DTYPE)
+            table["record"], table["pass"] = records[keep], repeat_pass
+            table["start"], table["length"] = starts[keep], lengths[keep]
+            self.tables.append(table)
+            if repeat_pass == 0:
+                self.first_pass_kept += len(keep)
 
     def _rng(self, purpose: int, repeat_pass: int) -> np.random.Generator:
         job = self.job
