@@ -1,0 +1,11 @@
+"""The research suite: study a training across its checkpoints (K2's 360, or a k2hf run's).
+
+* :mod:`.run_record`: what a run actually did, replayed from its data-sequence log (chunk and exact rows behind
+  every checkpoint, rollbacks included);
+* :mod:`.order`: which chunk each checkpoint was trained on, and the reverse (preset, prepared data, run dir);
+* :mod:`.memorization`: the LLM360 memorization score across checkpoints, with batched greedy decoding;
+* :mod:`.plots`: the PNGs.
+
+Checkpoint listing and loading live in the core (:mod:`k2hf.checkpoints`); this layer reads prepared data and run
+dirs through :mod:`k2hf.pretrain` and is imported by nothing but the CLI.
+"""

@@ -47,7 +47,10 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     ran = []
     for command in readme_commands()[2:]:
         argv = shlex.split(command)
-        if argv[0] == "k2hf":
+        if argv[0] == "k2hf" and any(a.startswith("LLM360/") for a in argv):
+            cli.build_parser().parse_args(argv[1:])  # K2's own Hub lines: no Hub here, so they must at least parse
+            ran.append("hub")
+        elif argv[0] == "k2hf":
             assert cli.main(argv[1:]) == 0, command
             ran.append(argv[1])
         elif argv[:2] == ["accelerate", "launch"]:
@@ -59,7 +62,10 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "verified: every chunk hash and count matches the manifest" in out
     assert "ckpt_003 <- chunk 2" in out and "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
-    assert ran.count("launch") == 2 and {"data", "spikes", "sft"} <= set(ran)
+    assert ran.count("launch") == 2 and {"data", "spikes", "sft", "checkpoints", "analyze"} <= set(ran)
+    assert ran.count("hub") == 3
+    assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
+    assert (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").is_file()
 
 
 def _check_launch(argv: list[str]) -> None:
@@ -90,7 +96,13 @@ def test_readme_python_snippets(sandbox, capsys):
     """The local snippet runs on the demo's chat model; the Hub snippet (no Hub here) compiles and names real API."""
     import k2hf
 
-    local, hub = _python_blocks()
+    local, hub, research = _python_blocks()
+    compile(research, "README.md", "exec")
+    assert 'k2hf.checkpoints.load("LLM360/K2", 120' in research
+    from k2hf.analysis import memorization
+
+    assert all(hasattr(memorization, n) for n in ("MemorizationConfig", "analyze_memorization"))
+    assert all(hasattr(k2hf.checkpoints, n) for n in ("list", "load"))
     model_dir = sandbox / "outputs" / "demo" / "sft" / "final"
     exec(compile(local.replace('"path/to/k2-checkpoint"', repr(str(model_dir))), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()  # it printed the decoded generation
@@ -105,19 +117,26 @@ def benchmark_commands() -> list[str]:
 
 @pytest.mark.slow
 def test_benchmark_commands_run_at_small_size():
-    """BENCHMARKS.md's commands, shrunk (100 MB -> 1 MB, 20K -> 200 conversations): every method reports."""
+    """BENCHMARKS.md's commands, shrunk (100 MB -> 1 MB, 20K -> 200 conversations, 256 -> 8 rows): every method
+    reports."""
     import json
     import subprocess
     import sys
 
     commands = benchmark_commands()
-    assert [c.split()[1] for c in commands] == ["bench/data_prepare.py", "bench/sft_pack.py"]
-    expected = {"bench/data_prepare.py": 4, "bench/sft_pack.py": 2}
+    assert [c.split()[1] for c in commands] == ["bench/data_prepare.py", "bench/sft_pack.py", "bench/memorization.py"]
+    expected = {"bench/data_prepare.py": 4, "bench/sft_pack.py": 2, "bench/memorization.py": 2}
     for command in commands:
-        argv = shlex.split(command.replace("--mb 100", "--mb 1").replace("--conversations 20000", "--conversations 200"))
+        argv = shlex.split(command.replace("--mb 100", "--mb 1").replace("--conversations 20000", "--conversations 200")
+                           .replace("--rows 256 --batch-size 64", "--rows 8 --batch-size 4"))
         result = subprocess.run([sys.executable, *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-        assert len(rows) == expected[argv[1]] and all(r["tokens_per_s"] > 0 for r in rows)
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"method"')]
+        assert len(rows) == expected[argv[1]]
+        if argv[1] == "bench/memorization.py":
+            assert all(r["rows_per_s"] > 0 and r["rows"] == 8 for r in rows)
+            assert json.loads(result.stdout.splitlines()[-1])["token_agreement"] == 1.0
+            continue
+        assert all(r["tokens_per_s"] > 0 for r in rows)
         assert len({r["tokens"] for r in rows}) == 1  # every method saw the same tokens
