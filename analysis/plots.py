@@ -17,21 +17,21 @@ def _pyplot():
 
 
 def plot_score_histograms(per_checkpoint: dict[str, dict], k: int, out: Path) -> Path:
-    """Distribution of memorization scores, one step-outline histogram per checkpoint (log-scaled counts)."""
+    """Distribution of memorization scores (share of rows at each score j/k), one outline per checkpoint."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    x = np.arange(k + 1) / k
+    edges = (np.arange(k + 2) - 0.5) / k
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(per_checkpoint), 1)))
     for color, (name, stats) in zip(colors, per_checkpoint.items()):
         counts = np.asarray(stats["histogram"], dtype=float)
-        ax.step(x, np.where(counts > 0, counts, np.nan), where="mid", color=color,
-                label=f"{name}: mean {stats['mean_score']:.3f}, full match {stats['full_match_rate']:.1%}")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"memorization score (matching tokens of {k} greedy ones / {k})")
-    ax.set_ylabel("rows")
-    ax.set_xlim(-0.02, 1.02)
+        ax.stairs(counts / max(counts.sum(), 1), edges, color=color, lw=1.5,
+                  label=f"{name}: mean {stats['mean_score']:.3f}, full match {stats['full_match_rate']:.1%}")
+    ax.set_xlabel(f"memorization score (greedy tokens equal to the row's, of {k})")
+    ax.set_ylabel("share of sampled rows")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_ylim(0, None)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Memorization score distribution per checkpoint")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,8 @@ def plot_correlation_heatmap(names: list[str], matrix: np.ndarray, out: Path) ->
         for i in range(len(names)):
             for j in range(len(names)):
                 if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(matrix[i, j]) > 0.6 else "black")
     fig.colorbar(image, ax=ax, label="Pearson r of per-row scores")
     ax.set_title("Memorization: correlation between checkpoints")
     fig.tight_layout()

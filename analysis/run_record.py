@@ -18,6 +18,7 @@ import numpy as np
 
 from k2hf.checkpoints import CHUNK_CHECKPOINT, SPIKE_EVIDENCE, STEP_CHECKPOINT
 from k2hf.errors import UserError
+from k2hf.pretrain.spikes import effective_data_sequence
 from k2hf.pretrain.trainer import DATA_LOG
 
 
@@ -92,13 +93,7 @@ class RunRecord:
 
     def _live_steps(self, position: int) -> list[dict]:
         """The step entries in effect after log entry ``position``: a rollback discards the steps after its target."""
-        steps: list[dict] = []
-        for entry in self.log[: position + 1]:
-            if entry.get("event") == "rollback":
-                steps = [s for s in steps if s["step"] <= entry["to_step"]]
-            elif "rows" in entry and "event" not in entry:
-                steps.append(entry)
-        return steps
+        return effective_data_sequence(self.log[: position + 1])
 
 
 __all__ = ["ChunkCheckpoint", "RunRecord", "RunRecordError"]

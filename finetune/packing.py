@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from k2hf.errors import UserError
 from k2hf.chat_template import encode_chats_arrays
+from k2hf.errors import UserError
 from k2hf.tokenizer import save_tokenizer
 
 from .mixture import sample_indices, target_count

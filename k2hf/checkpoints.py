@@ -142,7 +142,16 @@ def _hub_checkpoints(repo_id: str, order: list[int] | None) -> list[Checkpoint]:
 
     if order is None and repo_id.lower() == K2_HUB_MODEL.lower():
         order = k2_chunk_order()
-    refs = HfApi().list_repo_refs(repo_id, repo_type="model")
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        refs = HfApi().list_repo_refs(repo_id, repo_type="model")
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo_id} is not a model repo on the Hub (nor a local dir)") from None
+    except OfflineModeIsEnabled:
+        raise CheckpointError(f"cannot list {repo_id}: the Hub is offline here (HF_HUB_OFFLINE=1)") from None
+    except HfHubHTTPError as error:
+        raise CheckpointError(f"cannot list {repo_id} on the Hub: {str(error).splitlines()[0]}") from None
     numbered = sorted((int(m.group(1)), b.name) for b in refs.branches if (m := CHUNK_CHECKPOINT.match(b.name)))
     if not numbered:
         raise CheckpointError(f"{repo_id} has no ckpt_NNN branches (it has: {sorted(b.name for b in refs.branches)})")

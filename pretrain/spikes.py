@@ -205,6 +205,7 @@ class SpikeAwarePretrainer(Pretrainer):
         })
         for record in self.metrics.truncate_after(restored.global_step):  # measured: kept, marked as taken back
             self.rolled_back.append({**record, "rollback": restored.rollbacks})
+        self._supersede_checkpoints_after(restored.global_step, self.output_dir / evidence)
         self.accelerator.wait_for_everyone()
         self.detector = self._primed_detector(restored.global_step)
         self.bar.n = restored.global_step
@@ -220,6 +221,15 @@ class SpikeAwarePretrainer(Pretrainer):
         if self.accelerator.is_main_process:
             shutil.copy(self.metrics.path, root / name / "metrics_diverged.jsonl")
         return f"spikes/{name}"
+
+    def _supersede_checkpoints_after(self, step: int, evidence: Path) -> None:
+        """Checkpoints written after the rollback target belong to the diverged timeline: move them into the
+        evidence (``superseded/``), so that neither a resume nor a reader takes them for the run's own."""
+        if self.accelerator.is_main_process:
+            for saved_step, path in complete_checkpoints(self.ckpt_root):
+                if saved_step > step:
+                    (evidence / "superseded").mkdir(exist_ok=True)
+                    shutil.move(str(path), str(evidence / "superseded" / path.name))
 
     def _rollback_target(self, onset_step: int) -> Path | None:
         candidates = [(step, path) for step, path in complete_checkpoints(self.ckpt_root) if step < onset_step]

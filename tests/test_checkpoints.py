@@ -71,6 +71,10 @@ def test_hub_cli_and_errors(k2_like_hub, tmp_path):
                                  "'someone/plain-model']))")
     assert result.returncode == 2
     assert result.stderr.strip() == "k2hf: error: someone/plain-model has no ckpt_NNN branches (it has: ['main'])"
+    result = _in_subprocess(env, "from k2hf.cli import main; raise SystemExit(main(['checkpoints', 'list', "
+                                 "'someone/missing']))")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "k2hf: error: someone/missing is not a model repo on the Hub (nor a local dir)")
     result = _in_subprocess(env, "import k2hf.checkpoints as C; C.load('LLM360/K2', 3)")
     assert "there is no ckpt_003 (checkpoint numbers here: 1..10)" in result.stderr
 

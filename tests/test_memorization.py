@@ -11,8 +11,8 @@ import torch
 from k2hf import cli
 from k2hf.analysis.memorization import MemorizationConfig, analyze_memorization, greedy_continuations
 from k2hf.analysis.run_record import RunRecord
-from k2hf.pretrain.data.import_k2 import import_k2
 from k2hf.modeling import K2Config, K2ForCausalLM
+from k2hf.pretrain.data.import_k2 import import_k2
 from k2hf.tiny import build_tiny_k2
 
 SEQ, P, K = 80, 32, 32

@@ -226,3 +226,14 @@ def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
     (line,) = [x for x in out.splitlines() if "malignant" in x]
     assert line.split()[:3] == ["19", "22", "4"] and line.endswith("malignant (rolled back by rollback 1)")
     assert (drill_run / "spikes.png").stat().st_size > 10_000
+
+
+def test_checkpoints_of_the_diverged_timeline_move_into_the_evidence(drill_run):
+    """step_0000020 was written inside the spike (steps 19-22), after the rollback target (step 18): it is the
+    diverged model, so the rollback moved it into the evidence. The run's own step_0000020, written after the
+    rollback, was later removed by retention (the newest two step checkpoints are kept)."""
+    superseded = drill_run / "spikes" / "spike_001_step_0000022" / "superseded"
+    assert sorted(p.name for p in superseded.iterdir()) == ["step_0000020"]
+    state = json.loads((superseded / "step_0000020" / "trainer_state.json").read_text())
+    assert (state["global_step"], state["order"], state["order_pos"]) == (20, [0, 1, 2, 3], 2)
+    assert not (drill_run / "checkpoints" / "step_0000020").exists()

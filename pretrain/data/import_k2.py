@@ -214,7 +214,8 @@ def _parse(raw: bytes, seq_len: int, vocab: int) -> tuple[dict | None, str | Non
         return None, "missing_field", ", ".join(missing)
     ids = row["token_ids"]
     if not isinstance(ids, list) or len(ids) != seq_len:
-        return None, "wrong_length", f"{len(ids) if isinstance(ids, list) else type(ids).__name__} tokens, not {seq_len}"
+        got = len(ids) if isinstance(ids, list) else type(ids).__name__
+        return None, "wrong_length", f"{got} tokens, not {seq_len}"
     array = np.asarray(ids) if ids else np.zeros(0, np.int64)
     if array.dtype.kind not in "iu" or (len(array) and (array.min() < 0 or array.max() >= vocab)):
         first = next(i for i in ids if not (type(i) is int and 0 <= i < vocab))
@@ -224,7 +225,8 @@ def _parse(raw: bytes, seq_len: int, vocab: int) -> tuple[dict | None, str | Non
 
 
 def _manifest(src: str, revision: str | None, out: Path, chunks: list[int], num_chunks: int, seq_len: int,
-              dtype: np.dtype, provenance: _Provenance, stats: dict[int, _ChunkStats], entries: dict[int, dict]) -> dict:
+              dtype: np.dtype, provenance: _Provenance, stats: dict[int, _ChunkStats],
+              entries: dict[int, dict]) -> dict:
     subset_names = sorted(provenance.subsets, key=provenance.subsets.get)
     table = []
     for index in range(num_chunks):

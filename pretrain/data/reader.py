@@ -37,7 +37,8 @@ class Chunk:
     def row(self, i: int) -> np.ndarray:
         """Row ``i`` as int64 ids (a constant-time slice of the memory map)."""
         if not 0 <= i < len(self):
-            raise DataIndexError(f"chunk {self.index} has {len(self)} rows (0..{len(self) - 1}); row {i} does not exist")
+            raise DataIndexError(f"chunk {self.index} has {len(self)} rows (0..{len(self) - 1}); "
+                                 f"row {i} does not exist")
         return self.tokens[i].astype(np.int64)
 
     @cached_property
