@@ -42,6 +42,10 @@ ENCODE_BATCH = 512
 IGNORE = -100
 
 
+class EmptyMixtureError(UserError):
+    """A mixture that leaves nothing to train on."""
+
+
 class StrictModeError(UserError):
     """A rejected conversation under ``strict: true``."""
 
@@ -199,6 +203,11 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
             if len(ids):
                 input_ids.append(ids)
                 labels.append(lab)
+    if not input_ids:
+        read = ", ".join(f"{r['name']}: {r['read']} read, rejected {dict(r['rejected']) or 'none'}"
+                         for r in source_reports)
+        raise EmptyMixtureError(f"the SFT mixture has no conversation to train on ({read}): check the sources' "
+                                "paths, kinds and fields, or the `overlong` policy")
     offsets = np.zeros(len(input_ids) + 1, dtype=np.int64)
     np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
     flat_ids = np.concatenate(input_ids) if input_ids else np.zeros(0, np.int32)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, load_yaml_recipe
+from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
 
 from .sources import ADAPTERS
 
@@ -98,6 +98,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:
     lora = raw.pop("lora", None)
     lora = build_section(LoraSpec, lora, RecipeError, "lora") if lora else None
     recipe = SFTRecipe(sources=sources, lora=lora, **raw)
+    check_field_types(recipe, RecipeError)
     _validate(recipe)
     return recipe
 

@@ -14,12 +14,14 @@ from typing import TextIO
 import torch
 from transformers import AutoTokenizer, TextStreamer
 
+from .checkpoints import check_model_dir
 from .chat_template import Message, apply_chat_template_to, encode_chat
 from .modeling import K2ForCausalLM
 
 
 def load_chat_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str | torch.dtype = "auto", **kw):
     """Load model and tokenizer from a K2 checkpoint (``model_type`` k2 or llama, local dir or Hub id + revision)."""
+    check_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, revision=kw.get("revision"))
     if tokenizer.chat_template is None:
         apply_chat_template_to(tokenizer)

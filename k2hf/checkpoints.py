@@ -76,6 +76,36 @@ class Checkpoint:
         return self.repo_id, {"revision": self.revision}
 
 
+def looks_local(source: str | os.PathLike) -> bool:
+    """A path rather than a Hub repo id (``org/name`` or ``name``)."""
+    text = str(source)
+    return os.path.exists(text) or text.startswith((".", "/", "~")) or text.count("/") > 1
+
+
+def check_model_dir(source: str | os.PathLike, tokenizer: bool = True) -> None:
+    """Refuse, in one line, a local model source that cannot be a checkpoint: missing, not a folder, without a
+    readable ``config.json`` (never fall back to a default config: K2's default is the 65B shape) or, when
+    ``tokenizer``, without tokenizer files. Hub ids pass through to the Hub client."""
+    if not looks_local(source):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{source} does not exist (a local path, not a Hub repo id)")
+    if not path.is_dir():
+        raise CheckpointError(f"{source} is a file: give the checkpoint folder (config.json, *.safetensors, tokenizer)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{source} has no config.json: not a model checkpoint (a K2 checkpoint folder holds "
+                              "config.json, *.safetensors and the tokenizer)")
+    try:
+        json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config} is not readable JSON ({error}): re-save the checkpoint") from None
+    if tokenizer and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise CheckpointError(f"{source} has no tokenizer files (tokenizer.json / tokenizer.model): save the K2 "
+                              "tokenizer there (`k2hf tokenizer LLAMA_TOKENIZER_MODEL DIR` or k2hf.save_tokenizer)")
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CHECKPOINTS_DIR).is_dir()
 
@@ -98,7 +128,7 @@ def list_checkpoints(source: str | os.PathLike, order: list[int] | None = None) 
                               "(no config.json)")
     if path.exists():
         raise CheckpointError(f"{source} is a file: give a run dir, a model dir or a Hub repo id")
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+    if looks_local(source):
         raise CheckpointError(f"{source} does not exist (a local path); give a run dir, a model dir or a Hub repo id")
     return _hub_checkpoints(str(source), order)
 
@@ -193,4 +223,5 @@ def load(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretra
 
 list = list_checkpoints  # noqa: A001  `k2hf.checkpoints.list(source)`; nothing below may call the builtin
 
-__all__ = ["Checkpoint", "CheckpointError", "find", "is_run_dir", "list", "list_checkpoints", "load"]
+__all__ = ["Checkpoint", "CheckpointError", "check_model_dir", "find", "is_run_dir", "list", "list_checkpoints", "load",
+           "looks_local"]

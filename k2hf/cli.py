@@ -212,8 +212,15 @@ def _sft_train(args: argparse.Namespace) -> int:
     return sft_main(["--recipe", args.recipe, "--set", *args.set])
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (usage stays behind --help), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="k2hf", description="LLM360 K2 on the Hugging Face stack.")
+    parser = _OneLineErrors(prog="k2hf", description="LLM360 K2 on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     chat = sub.add_parser("chat", help="chat with a K2 checkpoint (interactive, or one shot with --prompt)")

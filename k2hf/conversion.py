@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig
 
+from .checkpoints import CheckpointError, check_model_dir
 from .modeling import K2Config
 
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
@@ -36,20 +37,52 @@ def k2_to_llama_config(config: K2Config) -> LlamaConfig:
 
 
 def export_to_llama(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write a ``model_type: llama`` copy of the K2 checkpoint in ``src`` to ``out`` (safetensors only)."""
+    """Write a ``model_type: llama`` copy of the K2 checkpoint in ``src`` to ``out`` (safetensors only).
+
+    Before anything is written the source must load: a readable config, and safetensors files whose headers
+    cover the whole file and hold every parameter of that config with its shape (checked without reading a
+    tensor). The copies are checked the same way afterwards."""
+    check_model_dir(src, tokenizer=False)
     src, out = Path(src), Path(out)
     weights = sorted(p for p in src.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not any(p.name.endswith(".safetensors") for p in weights):
         bins = [p.name for p in src.glob("*.bin")]
         hint = f" (found {bins}: re-save with safe_serialization)" if bins else ""
-        raise FileNotFoundError(f"no safetensors weights in {src}{hint}")
+        raise CheckpointError(f"no safetensors weights in {src}{hint}")
     if out.resolve() == src.resolve():
-        raise ValueError("export_to_llama: output directory must differ from the source")
+        raise CheckpointError("the export's output directory must differ from the source")
+    config = K2Config.from_pretrained(src)
+    check_weights(src, config)
     out.mkdir(parents=True, exist_ok=True)
-    k2_to_llama_config(K2Config.from_pretrained(src)).save_pretrained(out)
+    k2_to_llama_config(config).save_pretrained(out)
     for path in weights + [src / name for name in COPIED_FILES if (src / name).is_file()]:
         shutil.copy2(path, out / path.name)
+    check_weights(out, config)
     return out
 
 
-__all__ = ["export_to_llama", "k2_to_llama_config"]
+def check_weights(folder: Path, config: K2Config) -> None:
+    """Every safetensors file in ``folder`` is whole, and together they hold exactly the parameters (names and
+    shapes) of a model with ``config``; raises :class:`CheckpointError` naming what is wrong."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from .modeling import K2ForCausalLM
+
+    found: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as f:
+                found.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is damaged or truncated ({error})") from None
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in K2ForCausalLM(config).state_dict().items()}
+    missing = sorted(expected.keys() - found.keys())
+    wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if missing or wrong:
+        detail = (f"missing {missing[:3]}" if missing else "") + (f" wrong shapes {wrong[:3]}" if wrong else "")
+        raise CheckpointError(f"the weights in {folder} do not match its config.json: {detail.strip()}")
+
+
+__all__ = ["check_weights", "export_to_llama", "k2_to_llama_config"]

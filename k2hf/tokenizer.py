@@ -26,6 +26,8 @@ from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import generate_merges
 
+from .errors import UserError
+
 SP_MODEL_FILE = "tokenizer.model"
 
 #: StarCoder's code tokens, ids 32000-32017 in K2 (this order).
@@ -140,11 +142,15 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | os.PathL
         shutil.copyfile(sp_model, target)
 
 
+class MissingTokenizerModel(UserError, FileNotFoundError):
+    """No SentencePiece ``tokenizer.model`` where one was expected."""
+
+
 def _find_sp_model(path: Path) -> Path:
     if path.is_dir():
         path = path / SP_MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no SentencePiece model at {path}")
+        raise MissingTokenizerModel(f"no SentencePiece model at {path}: give LLaMA's tokenizer.model (or its folder)")
     return path
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, load_yaml_recipe
+from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
 
 
 class TrainConfigError(UserError):
@@ -123,6 +123,7 @@ def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
         if required not in raw:
             raise TrainConfigError(f"pretraining config needs `{required}`")
     config = TrainConfig(**raw)
+    check_field_types(config, TrainConfigError)
     _validate(config)
     return config
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from k2hf.errors import UserError
+
 from .checkpointing import TRAINER_STATE, TRAINING_STATE_DIR, TrainerState, complete_checkpoints, save_checkpoint
 from .config import SpikeSection
 from .trainer import Pretrainer
@@ -282,6 +284,9 @@ def load_curve(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a pretraining run dir (with metrics.jsonl) or a CSV/JSONL "
+                        "curve with step, loss, grad_norm")
     if path.suffix == ".csv":
         import csv
 

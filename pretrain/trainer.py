@@ -80,6 +80,12 @@ class Pretrainer:
         self.tokenizer = self.data.tokenizer()
         self.state = TrainerState(order=list(self.data.chunk_order))
         self.total_steps = self._planned_steps(self.state.order)
+        if self.total_steps == 0:
+            rows = sorted({self.data.manifest["chunks"][c]["rows"] for c in self.state.order})
+            raise TrainConfigError(
+                f"this run has 0 planned steps: a step takes {self.geometry.global_rows} rows and the chunks hold "
+                f"{rows[0]}..{rows[-1]} rows: lower global_batch_tokens, or prepare more data"
+                if rows else "this run has 0 planned steps: the data has no chunk to train on")
 
     # ---------------------------------------------------------------- setup
     def _configure_deepspeed(self, geometry: BatchGeometry) -> None:

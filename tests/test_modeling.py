@@ -11,7 +11,9 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from k2hf import K2Config, K2ForCausalLM, K2Model
+from k2hf.checkpoints import CheckpointError
 from k2hf.conversion import export_to_llama, k2_to_llama_config
+from k2hf.tiny import build_tiny_k2
 
 VOCAB = 448
 
@@ -66,9 +68,27 @@ def test_export_to_llama_roundtrip(tmp_path, tiny_tokenizer):
 
 
 def test_export_refuses_pickle_only_checkpoints(tmp_path):
-    (tmp_path / "src").mkdir()
+    K2Config.tiny().save_pretrained(tmp_path / "src")
     (tmp_path / "src" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="no safetensors"):
+    with pytest.raises(CheckpointError, match=r"no safetensors weights .* re-save with safe_serialization"):
+        export_to_llama(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_truncated_or_mismatched_weights(tmp_path, tiny_tokenizer):
+    """The source must load before anything is written: whole safetensors files holding every parameter of its
+    config with the right shape (checked from the headers, without reading a tensor)."""
+    model = build_tiny_k2(tiny_tokenizer)
+    model.save_pretrained(tmp_path / "src")
+    weights = tmp_path / "src" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # a copy cut short, as by a full disk
+    with pytest.raises(CheckpointError, match="model.safetensors is damaged or truncated"):
+        export_to_llama(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, "intermediate_size": 999}))
+    with pytest.raises(CheckpointError, match=r"do not match its config.json: wrong shapes \['model.layers.0.mlp"):
         export_to_llama(tmp_path / "src", tmp_path / "out")
 
 

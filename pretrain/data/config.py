@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, load_yaml_recipe
+from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
 from k2hf.release import ORDER_PRESETS, order_preset
 
 FORMATS = ("jsonl", "parquet", "text", "hub")
@@ -101,6 +101,7 @@ def data_config_from_dict(raw: dict[str, Any]) -> DataConfig:
     subsets = [build_section(SubsetConfig, e, DataConfigError, f"subset {e.get('name')!r}") for e in raw.pop("subsets")]
     fim = build_section(FimConfig, raw.pop("fim", None) or {}, DataConfigError, "fim")
     config = DataConfig(subsets=subsets, fim=fim, **raw)
+    check_field_types(config, DataConfigError)
     validate(config)
     return config
 

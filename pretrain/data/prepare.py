@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
-from .config import DataConfig, resolve_files
+from .config import DataConfig, DataConfigError, resolve_files
 from .shards import BLOCK_RECORDS, ShardJob, build_shard, load_shard, shard_is_done
 
 MANIFEST = "manifest.json"
@@ -101,6 +101,11 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
     shard_stats = _run_jobs(jobs, config.num_workers, progress)
     dtype = token_dtype(len(tokenizer))
     manifest = _pack(config, sources, jobs, shard_stats, out, dtype, progress)
+    if manifest["total_rows"] == 0:
+        tokens = ", ".join(f"{s['name']} {s['tail_tokens_dropped']} tokens from {s['documents_read']} documents"
+                           for s in manifest["subsets"])
+        raise DataConfigError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
+                              "lower seq_len")
     manifest["tokenizer"] = {"sha256": tokenizer_hash, "vocab": len(tokenizer), "path": "tokenizer"}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if not keep_work:

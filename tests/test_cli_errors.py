@@ -1,0 +1,110 @@
+"""Every `k2hf` subcommand answers a user mistake (bad argument, missing or wrong file, bad value) with one line on
+stderr and exit code 2, never a traceback; `--debug` shows the traceback."""
+
+import re
+
+import pytest
+
+from conftest import REPO_ROOT
+from k2hf import cli
+from k2hf.tiny import build_tiny_k2
+from k2hf.tokenizer import save_tokenizer
+
+PROGRESS_BAR = re.compile(r"\[\d+:\d+[^\]]*\]\s*$")  # tqdm's "[00:01<00:02, 3.1it/s]" at the end
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("mistakes")
+    (root / "empty").mkdir()
+    build_tiny_k2(tiny_tokenizer).save_pretrained(root / "no-tokenizer")  # weights + config, no tokenizer files
+    bad = root / "bad-config"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (root / "file.txt").write_text("x")
+    # empty inputs: a mixture too small for one row, and an SFT source with no valid conversation
+    (root / "tiny.jsonl").write_text('{"text": "only a few words"}\n')
+    (root / "too-small.yaml").write_text(f"tokenizer: sample\nseq_len: 4096\nnum_chunks: 2\n"
+                                         f"subsets: [{{name: web, paths: ['{root / 'tiny.jsonl'}']}}]\n")
+    model = root / "chat-model"
+    build_tiny_k2(tiny_tokenizer).save_pretrained(model)
+    save_tokenizer(tiny_tokenizer, model)
+    (root / "bad-chats.jsonl").write_text('{"messages": [{"role": "assistant", "content": "hi"}]}\n'
+                                          '{"messages": []}\n')
+    (root / "no-valid.yaml").write_text(f"model: {model}\noutput_dir: {root / 'sft'}\nnum_proc: 1\nsources:\n"
+                                        f"  - {{name: chats, kind: messages, paths: ['{root / 'bad-chats.jsonl'}']}}\n")
+    return root
+
+
+def _cases(root, data):
+    missing = str(root / "missing")
+    tiny = str(REPO_ROOT / "pretrain/configs/tiny_stage1.yaml")
+    sft = str(REPO_ROOT / "finetune/recipes/tiny.yaml")
+    return [
+        ([], "the following arguments are required: command"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["chat", str(root / "empty"), "--prompt", "hi"], "has no config.json: not a model checkpoint"),
+        (["chat", missing, "--prompt", "hi"], "does not exist (a local path, not a Hub repo id)"),
+        (["chat", str(root / "no-tokenizer"), "--prompt", "hi"], "has no tokenizer files"),
+        (["chat", str(root / "bad-config")], "config.json is not readable JSON"),
+        (["chat", str(root / "file.txt")], "is a file: give the checkpoint folder"),
+        (["chat", str(root / "empty"), "--max-new-tokens", "many"], "invalid int value: 'many'"),
+        (["export", str(root / "empty"), str(root / "out")], "has no config.json"),
+        (["export", str(root / "no-tokenizer"), "--to", "gguf", str(root / "out")], "invalid choice: 'gguf'"),
+        (["tokenizer", str(root / "empty"), str(root / "tok")], "no SentencePiece model at"),
+        (["data", "prepare", "--config", missing, "--out", str(root / "d")], "does not exist"),
+        (["data", "prepare", "--config", str(REPO_ROOT / "pretrain/configs/data/sample.yaml"), "--out",
+          str(root / "d"), "--workers", "0"], "num_workers must be >= 1"),
+        (["data", "verify", str(root / "empty")], "has no manifest.json: not prepared data"),
+        (["data", "inspect", str(data), "--chunk", "7", "--row", "0"], "chunk 7 does not exist"),
+        (["data", "inspect", str(data), "--chunk", "0", "--row", "-1"], "row -1 does not exist"),
+        (["data", "inspect", str(data), "--chunk", "0", "--row", "19"], "row 19 does not exist"),
+        (["data", "order", str(data), "--checkpoint", "0"], "checkpoint 0 does not exist"),
+        (["data", "order", str(data), "--checkpoint", "1", "--chunk", "1"], "not allowed with argument"),
+        (["data", "import-k2", str(root / "empty"), "--out", str(root / "k2"), "--chunks", "0"],
+         "chunk_0.jsonl not found in"),
+        (["checkpoints", "list", missing], "does not exist (a local path)"),
+        (["analyze", "memorization", "--model", missing, "--out", str(root / "m")], "does not exist (a local path)"),
+        (["analyze", "memorization", "--model", str(root / "no-tokenizer"), "--out", str(root / "m")],
+         "give --data"),
+        (["spikes", "analyze", missing], "does not exist: give a pretraining run dir"),
+        (["pretrain", "--config", missing], "does not exist"),
+        (["pretrain", "--config", tiny, "--set", "max_steps=abc"], "`max_steps` must be an integer or null"),
+        (["pretrain", "--config", tiny, "--set", "optim.schedule=cos"], "must be one of 'cosine', 'linear'"),
+        (["pretrain", "--config", tiny, "--set", "max_steps"], "override 'max_steps' is not KEY=VALUE"),
+        (["sft", "pack", "--recipe", sft, "--set", "max_length=abc"], "`max_length` must be an integer (got 'abc')"),
+        (["sft", "train", "--recipe", missing], "does not exist"),
+        (["data", "prepare", "--config", str(root / "too-small.yaml"), "--out", str(root / "small")],
+         "the mixture yields no row of 4096 tokens (web"),
+        (["pretrain", "--config", tiny, "--set", f"data={data}", f"output_dir={root / 'run'}",
+          "global_batch_tokens=2048", "log.tensorboard=false"],
+         "this run has 0 planned steps: a step takes 32 rows and the chunks hold 19..19 rows"),
+        (["sft", "pack", "--recipe", str(root / "no-valid.yaml")],
+         "the SFT mixture has no conversation to train on (chats: 2 read, rejected"),
+    ]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    return code, capsys.readouterr().err.strip()
+
+
+def test_every_subcommand_answers_mistakes_in_one_line(places, sample_data, capsys):
+    """Progress bars of the stages that did run may stand before the message (they are terminal UI, drawn with
+    carriage returns); besides them stderr holds exactly one line."""
+    for argv, expected in _cases(places, sample_data):
+        code, err = _run(argv, capsys)
+        assert code == 2, (argv, code, err)
+        lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+        assert "Traceback" not in err and len(lines) == 1, (argv, err)
+        assert lines[0].startswith("k2hf") and expected in lines[0], (argv, err)
+
+
+def test_debug_shows_the_traceback(places):
+    from k2hf.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        cli.main(["--debug", "chat", str(places / "empty"), "--prompt", "hi"])
