@@ -18,7 +18,7 @@ from k2hf.modeling import K2ForCausalLM
 from k2hf.tokenizer import save_tokenizer
 
 from .packing import load_packed, load_sft_tokenizer
-from .recipe import SFTRecipe, load_recipe
+from .recipe import RecipeError, SFTRecipe, load_recipe
 
 
 def build_model(recipe: SFTRecipe):
@@ -26,7 +26,7 @@ def build_model(recipe: SFTRecipe):
     kwargs = {"dtype": torch.bfloat16 if recipe.train.get("bf16") else torch.float32}
     if recipe.lora and recipe.lora.quantize:
         if not torch.cuda.is_available():
-            raise RuntimeError("QLoRA (lora.quantize) needs a CUDA GPU and bitsandbytes; use plain LoRA on CPU")
+            raise RecipeError("QLoRA (lora.quantize) needs a CUDA GPU and bitsandbytes; use plain LoRA on CPU")
         from transformers import BitsAndBytesConfig
 
         bits = {"4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
@@ -68,10 +68,23 @@ def sft_config(recipe: SFTRecipe):
     return SFTConfig(**args)
 
 
+def check_model_fits(recipe: SFTRecipe) -> None:
+    """Before any work: the base model exists and has positions for ``max_length``-token rows."""
+    from k2hf.checkpoints import check_model_dir
+    from k2hf.modeling import K2Config
+
+    check_model_dir(recipe.resolve(recipe.model), tokenizer=False)
+    positions = K2Config.from_pretrained(recipe.resolve(recipe.model)).max_position_embeddings
+    if recipe.max_length > positions:
+        raise RecipeError(f"max_length {recipe.max_length} exceeds the model's max_position_embeddings {positions}: "
+                          "start from a checkpoint with more positions (K2's stage 2 has 8192) or lower max_length")
+
+
 def train(recipe: SFTRecipe) -> Path:
     """Pack (or reuse) the data, fine-tune, and save a model that loads with AutoModelForCausalLM and chats."""
     from trl import SFTTrainer
 
+    check_model_fits(recipe)
     dataset, report = load_packed(recipe)
     tokenizer = load_sft_tokenizer(recipe)
     trainer = SFTTrainer(
@@ -102,7 +115,7 @@ def _save_history(history: list[dict], out: Path) -> None:
     records = [{"step": h["step"], "loss": h["loss"], "grad_norm": h.get("grad_norm"), "lr": h.get("learning_rate")}
                for h in history if "loss" in h]
     (out / "sft_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot_training_curves(records, out / "sft_curves.png")
+    plot_training_curves(records, out / "sft_curves.png", title=f"K2-Chat SFT ({out.name})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,14 @@ from .chat_template import (
     validate_conversation,
 )
 from .modeling import K2_VOCAB_ROWS, K2Config, K2ForCausalLM, K2Model, K2PreTrainedModel
-from .tokenizer import K2_ADDED_TOKENS, K2_CHAT_TOKENS, K2_CODE_TOKENS, build_k2_tokenizer, encode_plain_text
+from .tokenizer import (
+    K2_ADDED_TOKENS,
+    K2_CHAT_TOKENS,
+    K2_CODE_TOKENS,
+    build_k2_tokenizer,
+    encode_plain_text,
+    save_tokenizer,
+)
 
 AutoConfig.register(K2Config.model_type, K2Config, exist_ok=True)
 AutoModel.register(K2Config, K2Model, exist_ok=True)
@@ -40,5 +47,6 @@ __all__ = [
     "encode_chats",
     "encode_plain_text",
     "k2_chat_template",
+    "save_tokenizer",
     "validate_conversation",
 ]

@@ -77,6 +77,7 @@ def chat_loop(
             break
         if line.strip() == "/reset":
             history = history[:1] if system else []
+            print("(conversation cleared" + (", system prompt kept)" if system else ")"), file=out)
             continue
         history.append({"role": "user", "content": line})
         print("k2> ", end="", file=out, flush=True)

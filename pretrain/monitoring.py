@@ -83,7 +83,7 @@ class JsonlLog:
 
 
 def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | None = None,
-                         rolled_back: list[dict] | None = None) -> Path | None:
+                         rolled_back: list[dict] | None = None, title: str = "K2 pretraining") -> Path | None:
     """Loss, grad norm and learning rate against step in one PNG; spike spans shaded, and the steps a rollback
     took back (``rolled_back``, tagged with ``rollback``) drawn as dashed red segments."""
     steps = [r for r in records if "loss" in r]
@@ -119,7 +119,7 @@ def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | Non
     if handles:
         axes[0].legend(handles=handles, loc="best")
     axes[-1].set_xlabel("optimizer step")
-    axes[0].set_title("K2 pretraining")
+    axes[0].set_title(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

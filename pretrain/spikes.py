@@ -324,7 +324,18 @@ def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = N
     spikes = detect_with_rollbacks(records, rolled_back, config)
     if png is None:
         png = (source if source.is_dir() else source.parent) / "spikes.png"
-    return spikes, plot_training_curves(records, Path(png), spikes, rolled_back)
+    return spikes, plot_training_curves(records, Path(png), spikes, rolled_back, title=spike_title(spikes, records))
+
+
+def spike_title(spikes: list[dict], records: list[dict]) -> str:
+    """``Loss spikes: 1 malignant (rolled back), 2 benign in 3000 steps``, or that none was found."""
+    if not spikes:
+        return f"Loss spikes: none found in {len(records)} steps"
+    counts = {}
+    for s in spikes:
+        label = s["class"] + (" (rolled back)" if s.get("rolled_back") else "")
+        counts[label] = counts.get(label, 0) + 1
+    return "Loss spikes: " + ", ".join(f"{n} {label}" for label, n in counts.items()) + f" in {len(records)} steps"
 
 
 def format_table(spikes: list[dict]) -> str:

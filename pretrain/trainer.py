@@ -336,7 +336,7 @@ class Pretrainer:
 
     def plot_curves(self) -> Path | None:
         return plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans(),
-                                    self.rolled_back.read())
+                                    self.rolled_back.read(), title=f"K2 pretraining ({self.output_dir.name})")
 
 
 def reset_accelerate_state() -> None:

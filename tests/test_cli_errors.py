@@ -79,6 +79,8 @@ def _cases(root, data):
         (["pretrain", "--config", tiny, "--set", f"data={data}", f"output_dir={root / 'run'}",
           "global_batch_tokens=2048", "log.tensorboard=false"],
          "this run has 0 planned steps: a step takes 32 rows and the chunks hold 19..19 rows"),
+        (["sft", "train", "--recipe", str(root / "no-valid.yaml"), "--set", "max_length=100000"],
+         "max_length 100000 exceeds the model's max_position_embeddings"),
         (["sft", "pack", "--recipe", str(root / "no-valid.yaml")],
          "the SFT mixture has no conversation to train on (chats: 2 read, rejected"),
     ]

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import REPO_ROOT
 from k2hf import cli
-from k2hf.pretrain.data.config import DataConfigError, data_config_from_dict
+from k2hf.pretrain.data.config import DataConfigError, data_config_from_dict, load_data_config
 from k2hf.pretrain.data.fim import PSM, SPM
 from k2hf.pretrain.data.prepare import prepare
 from k2hf.pretrain.data.reader import PreparedData
@@ -361,3 +362,35 @@ def test_interrupted_run_keeps_finished_shards(corpus, prepared, tmp_path):
     assert after == before and (shards[3] / "meta.json").is_file()
     for info in data.manifest["chunks"]:
         assert (tmp_path / info["file"]).read_bytes() == (data.path / info["file"]).read_bytes()
+
+
+def test_reprepare_leaves_nothing_unlisted_and_verify_finds_strays(tmp_path):
+    """8 chunks, then 4 into the same folder: chunks 4-7 of the first run are removed, not left to be mistaken
+    for data; a file the manifest does not list fails `verify`."""
+    recipe = REPO_ROOT / "pretrain/configs/data/sample.yaml"
+    prepare(load_data_config(recipe, num_chunks=8), tmp_path / "d", progress=False)
+    assert len(list((tmp_path / "d" / "chunks").glob("*.bin"))) == 8
+    prepare(load_data_config(recipe, num_chunks=4), tmp_path / "d", progress=False)
+    assert sorted(p.name for p in (tmp_path / "d" / "chunks").iterdir()) == [
+        f"chunk_{i:05d}.{ext}" for i in range(4) for ext in ("bin", "pieces.npy")]
+    data = PreparedData(tmp_path / "d")
+    assert data.verify() == []
+    (tmp_path / "d" / "chunks" / "chunk_00009.bin").write_bytes(b"old")
+    assert data.verify() == ["chunks/chunk_00009.bin: not listed in the manifest (left by another preparation? "
+                             "remove it)"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_manifest_counts_equal_what_the_chunks_hold(tmp_path, seed):
+    """Per subset, instances and FIM instances in the manifest are exactly the documents whose first piece is in
+    some chunk (those dropped with the incomplete final row are not counted)."""
+    out = tmp_path / "d"
+    manifest = prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml", seed=seed), out,
+                       progress=False)
+    data = PreparedData(out)
+    pieces = np.concatenate([np.asarray(data.chunk(c).pieces) for c in range(data.num_chunks)])
+    starts = pieces[pieces["offset"] == 0]
+    for index, subset in enumerate(manifest["subsets"]):
+        mine = starts[starts["subset"] == index]
+        assert subset["instances_packed"] == len(mine), subset["name"]
+        assert subset["fim_instances"] == int((mine["fim"] != 0).sum()), subset["name"]

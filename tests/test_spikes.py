@@ -228,6 +228,15 @@ def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
     assert (drill_run / "spikes.png").stat().st_size > 10_000
 
 
+def test_spike_plot_titles_say_what_was_found():
+    from k2hf.pretrain.spikes import spike_title
+
+    records = _records(*_curve(n=300))
+    assert spike_title([], records) == "Loss spikes: none found in 300 steps"
+    found = [{"class": "benign"}, {"class": "malignant", "rolled_back": True}, {"class": "benign"}]
+    assert spike_title(found, records) == "Loss spikes: 2 benign, 1 malignant (rolled back) in 300 steps"
+
+
 def test_checkpoints_of_the_diverged_timeline_move_into_the_evidence(drill_run):
     """step_0000020 was written inside the spike (steps 19-22), after the rollback target (step 18): it is the
     diverged model, so the rollback moved it into the evidence. The run's own step_0000020, written after the

@@ -29,7 +29,16 @@ from k2hf.errors import UserError
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
 
-from .prepare import FORMAT_VERSION, MANIFEST, PIECE_DTYPE, chunk_file, load_tokenizer, pieces_file, sha256_file
+from .prepare import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PIECE_DTYPE,
+    chunk_file,
+    load_tokenizer,
+    pieces_file,
+    remove_unlisted,
+    sha256_file,
+)
 
 KIND = "k2_release"
 REQUIRED_FIELDS = ("token_ids", "src_filename", "line_idx_in_src")
@@ -142,6 +151,7 @@ def import_k2(
     manifest["tokenizer"] = {"sha256": sha256_file(out / "tokenizer" / "tokenizer.json"), "vocab": vocab,
                              "path": "tokenizer"}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    remove_unlisted(out, manifest)  # e.g. chunks of an earlier import into the same folder
     return manifest
 
 

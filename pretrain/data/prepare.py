@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,6 +31,8 @@ from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
 from .config import DataConfig, DataConfigError, resolve_files
 from .shards import BLOCK_RECORDS, ShardJob, build_shard, load_shard, shard_is_done
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -46,6 +49,34 @@ PIECE_DTYPE = np.dtype(
         ("offset", "<i8"),  # token offset of the piece inside its document
     ]
 )
+
+
+def listed_files(manifest: dict) -> set[str]:
+    """The chunk files a manifest lists (relative paths); beside them a data dir holds only ``manifest.json``,
+    its ``tokenizer/`` and the ``.work/`` scratch dir."""
+    files = set()
+    for info in manifest["chunks"]:
+        files.update(f for f in (info.get("file"), info.get("pieces_file")) if f)
+    return files
+
+
+def unlisted_files(out: Path, manifest: dict) -> list[str]:
+    """Files under ``out`` that ``manifest`` does not account for (e.g. left by an earlier, larger preparation)."""
+    listed = listed_files(manifest) | {MANIFEST}
+    found = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_file() and rel not in listed and not rel.startswith(("tokenizer/", ".work/")):
+            found.append(rel)
+    return found
+
+
+def remove_unlisted(out: Path, manifest: dict) -> list[str]:
+    """Delete what :func:`unlisted_files` finds; returns it."""
+    stale = unlisted_files(out, manifest)
+    for rel in stale:
+        (out / rel).unlink()
+    return stale
 
 
 def chunk_file(index: int) -> str:
@@ -108,6 +139,10 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
                               "lower seq_len")
     manifest["tokenizer"] = {"sha256": tokenizer_hash, "vocab": len(tokenizer), "path": "tokenizer"}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    stale = remove_unlisted(out, manifest)
+    if stale:
+        logger.info("removed %d files of an earlier preparation in %s that the new manifest does not list",
+                    len(stale), out)
     if not keep_work:
         shutil.rmtree(work)
     return manifest
@@ -290,7 +325,7 @@ def _pack(config: DataConfig, sources: dict, jobs: list[ShardJob], shard_stats: 
         dealt += rows
         subsets_report.append(_subset_report(
             subset, sources[subset.name], [s for _, s in mine], rows=rows, instances=instances - tail.instances,
-            fim_instances=fim_instances, tokens_packed=tokens_packed, tail_tokens=tail.tokens,
+            fim_instances=fim_instances - tail.fim_instances, tokens_packed=tokens_packed, tail_tokens=tail.tokens,
             documents_packed=first_pass - tail.first_pass_documents, dropped_docs=tail.first_pass_documents,
         ))
     bar.close()
@@ -317,12 +352,13 @@ class _DroppedTail:
     """Tokens of partial rows that are dropped, and the document instances that lay wholly inside them."""
 
     def __init__(self) -> None:
-        self.tokens = self.instances = self.first_pass_documents = 0
+        self.tokens = self.instances = self.fim_instances = self.first_pass_documents = 0
 
     def drop(self, fill: int, row_pieces: list[tuple]) -> None:
         started_here = [p for p in row_pieces if p[7] == 0]  # document offset 0: began (and ended) in this row
         self.tokens += fill
         self.instances += len(started_here)
+        self.fim_instances += sum(1 for p in started_here if p[6])
         self.first_pass_documents += sum(1 for p in started_here if p[5] == 0)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from k2hf.errors import UserError
 
-from .prepare import MANIFEST, sha256_file
+from .prepare import MANIFEST, sha256_file, unlisted_files
 
 
 class DataIndexError(UserError, IndexError):
@@ -140,6 +140,8 @@ class PreparedData:
             rows = sum(c.get("subset_rows", {}).get(subset["name"], 0) for c in self.manifest["chunks"])
             if rows != subset["rows"]:
                 problems.append(f"subset {subset['name']}: chunks hold {rows} rows, manifest says {subset['rows']}")
+        problems += [f"{rel}: not listed in the manifest (left by another preparation? remove it)"
+                     for rel in unlisted_files(self.path, self.manifest)]
         token_path = self.path / self.manifest["tokenizer"]["path"] / "tokenizer.json"
         if sha256_file(token_path) != self.manifest["tokenizer"]["sha256"]:
             problems.append("tokenizer.json: sha256 mismatch")
