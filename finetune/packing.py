@@ -17,6 +17,7 @@ The saved dataset (Arrow, ``input_ids``/``labels``/``seq_lengths``) goes straigh
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -40,6 +41,8 @@ REPORT = "report.json"
 DATASET = "dataset"
 ENCODE_BATCH = 512
 IGNORE = -100
+
+logger = logging.getLogger(__name__)
 
 
 class EmptyMixtureError(UserError):
@@ -259,10 +262,19 @@ def _report(recipe, source_reports, statuses, packed, documents: int, seconds: f
 def load_packed(recipe: SFTRecipe, progress: bool = True):
     """The packed dataset of ``recipe``: reused when its report matches the recipe's data, else rebuilt."""
     from datasets import load_from_disk
+    from filelock import FileLock
 
     path = recipe.packed_path
     report_path = path / REPORT
-    if report_path.is_file() and json.loads(report_path.read_text()).get("fingerprint") == recipe.data_fingerprint():
-        return load_from_disk(str(path / DATASET)), json.loads(report_path.read_text())
-    report = pack(recipe, path, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # every rank of a multi-process launch (and any other run sharing the folder) comes here: the first to take
+    # the lock packs, the others wait and then find its result (no two packers writing the same temp folder)
+    with FileLock(str(path) + ".lock"):
+        if report_path.is_file() and json.loads(report_path.read_text()).get("fingerprint") == \
+                recipe.data_fingerprint():
+            logger.info("reusing the packed data in %s", path)
+            report = json.loads(report_path.read_text())
+        else:
+            logger.info("packing the SFT data into %s", path)
+            report = pack(recipe, path, progress)
     return load_from_disk(str(path / DATASET)), report

@@ -14,8 +14,8 @@ from typing import TextIO
 import torch
 from transformers import AutoTokenizer, TextStreamer
 
-from .checkpoints import check_model_dir
 from .chat_template import Message, apply_chat_template_to, encode_chat
+from .checkpoints import check_model_dir
 from .modeling import K2ForCausalLM
 
 

@@ -294,3 +294,28 @@ def test_tiny_end_to_end_sft_trains_saves_reloads_and_chats(base_model, tmp_path
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(adapter_model(ids).logits, model(ids).logits, atol=1e-4)  # merged == adapter
+
+
+@pytest.mark.slow
+def test_concurrent_ranks_pack_once(base_model, tmp_path):
+    """Two processes (as the ranks of `accelerate launch --num_processes 2 finetune/sft.py`) ask for the packed
+    data of an unpacked recipe at the same moment: one packs, the other waits and reuses it; both load the same
+    rows."""
+    import subprocess
+    import sys
+
+    recipe = _recipe(tmp_path, base_model)
+    code = ("import logging, sys\n"
+            "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+            "from k2hf.finetune.recipe import load_recipe\nfrom k2hf.finetune.packing import load_packed\n"
+            f"ds, report = load_packed(load_recipe({str(recipe)!r}), progress=False)\n"
+            "print('ROWS', len(ds), sum(map(sum, ds['seq_lengths'])))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    said = [o[0] for o in outs]
+    assert sum("packing the SFT data" in s for s in said) == 1
+    assert sum("reusing the packed data" in s for s in said) == 1
+    rows = {next(line for line in s.splitlines() if line.startswith("ROWS")) for s in said}
+    assert len(rows) == 1 and int(next(iter(rows)).split()[1]) > 0
