@@ -131,5 +131,5 @@ def test_k2_release_recipe_errors(tmp_path, tiny_tokenizer):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(DataConfigError, match="tokenization k2_release has no fill-in-the-middle"):
         load_data_config(tmp_path / "recipe.yaml")
-    with pytest.raises(DataConfigError, match="tokenization must be 'default' or 'k2_release'"):
+    with pytest.raises(DataConfigError, match=r"`tokenization` must be one of 'default', 'k2_release' \(got 'sent"):
         load_data_config(tmp_path / "recipe.yaml", tokenization="sentencepiece")
