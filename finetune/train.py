@@ -94,7 +94,10 @@ def train(recipe: SFTRecipe) -> Path:
         processing_class=tokenizer,
         peft_config=peft_config(recipe),
     )
-    trainer.train()
+    resume = last_complete_checkpoint(Path(recipe.resolve(recipe.output_dir)))
+    if resume is not None and trainer.accelerator.is_main_process:
+        print(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)  # transformers' own exact resume
     out = Path(recipe.resolve(recipe.output_dir)) / "final"
     model = trainer.model
     if recipe.lora is not None:
@@ -106,6 +109,14 @@ def train(recipe: SFTRecipe) -> Path:
         _save_history(trainer.state.log_history, Path(recipe.resolve(recipe.output_dir)))
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was saved to the end (``trainer_state.json`` is written last): a run killed
+    during a save resumes from the one before, never from a half-written one."""
+    found = [(int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()] if output_dir.is_dir() else []
+    return max(found)[1] if found else None
 
 
 def _save_history(history: list[dict], out: Path) -> None:

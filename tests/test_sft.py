@@ -2,6 +2,7 @@
 determinism, overlong policies, mixture sampling, and a tiny end-to-end SFT (full and LoRA) that chats."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,44 @@ def test_concurrent_ranks_pack_once(base_model, tmp_path):
     assert sum("reusing the packed data" in s for s in said) == 1
     rows = {next(line for line in s.splitlines() if line.startswith("ROWS")) for s in said}
     assert len(rows) == 1 and int(next(iter(rows)).split()[1]) > 0
+
+
+def _sft_command(recipe: Path, out: Path) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "finetune" / "sft.py"), "--recipe", str(recipe), "--set",
+            f"output_dir={out}", "train.max_steps=8", "train.save_strategy=steps", "train.save_steps=2",
+            "train.report_to=[]", "train.num_train_epochs=10"]
+
+
+def _sft_losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "sft_metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path):
+    """kill -9 once checkpoint-4 is saved, relaunch the same command: transformers' resume continues from the newest
+    complete checkpoint, and on CPU in fp32 every step's loss equals the uninterrupted run's, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    recipe = _recipe(tmp_path, base_model)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run(_sft_command(recipe, tmp_path / "reference"), env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_sft_command(recipe, out), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "final").exists()
+    resumed = subprocess.run(_sft_command(recipe, out), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    losses = _sft_losses(out)
+    assert len(losses) == 8 and losses == _sft_losses(tmp_path / "reference")
