@@ -101,7 +101,10 @@ def train(recipe: SFTRecipe) -> Path:
     out = Path(recipe.resolve(recipe.output_dir)) / "final"
     model = trainer.model
     if recipe.lora is not None:
-        model.save_pretrained(out / "adapter")
+        # gathered from every rank (collective: partitioned under ZeRO-3), written once, by the main process
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if trainer.accelerator.is_main_process:
+            model.save_pretrained(out / "adapter", state_dict=state_dict)
         model = model.merge_and_unload()  # a plain K2 checkpoint next to the adapter, for `k2hf chat`
     if trainer.accelerator.is_main_process:
         model.save_pretrained(out, safe_serialization=True)

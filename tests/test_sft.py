@@ -361,3 +361,40 @@ def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path):
     assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
     losses = _sft_losses(out)
     assert len(losses) == 8 and losses == _sft_losses(tmp_path / "reference")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_two_process_zero3_sft_from_unpacked_data(base_model, tmp_path, lora):
+    """`accelerate launch --config_file pretrain/accelerate/zero3.yaml --num_processes 2 finetune/sft.py` on a
+    recipe whose data is not packed yet (CPU, gloo). The base weights are partitioned (ZeRO-3 keeps only
+    tensors under 10 x hidden = 640 elements whole); the saved model holds full, trained weights; with LoRA the
+    adapter is gathered and written once, and the merged model's logits equal base + adapter's."""
+    import os
+    import subprocess
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    recipe = _recipe(tmp_path, base_model)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO_ROOT / "pretrain/accelerate/zero3.yaml"), "--num_processes", "2", "--main_process_port", "29621",
+           str(REPO_ROOT / "finetune/sft.py"), "--recipe", str(recipe), "--set", f"output_dir={out}",
+           "train.max_steps=4", "train.report_to=[]"] + (["lora.r=4", "lora.alpha=8"] if lora else [])
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    base, tuned = load_file(base_model / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert tuned.keys() == base.keys() and all(tuned[k].shape == base[k].shape for k in base)
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    x = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    merged = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    if not lora:
+        assert changed == set(base)  # every tensor trained and saved whole
+        return
+    assert len(changed) == 14 and all(k.endswith("proj.weight") for k in changed)  # the LoRA-targeted matrices
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out / "final" / "adapter")
+    with torch.no_grad():
+        assert (adapted.eval()(x).logits - merged(x).logits).abs().max() < 1e-5
