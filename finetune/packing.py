@@ -84,10 +84,10 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
                 valid.append((record, to_conversation(spec.kind, row, spec.options)))
             except AdapterError as error:
                 if recipe.strict:
-                    raise StrictModeError(f"source {spec.name!r} record {record}: {error.reason}: {error}") from None
+                    raise StrictModeError(f"source {spec.name!r} record {record + 1}: {error.reason}: {error}") from None
                 rejected[error.reason] += 1
                 if len(examples) < 5:
-                    examples.append(f"record {record}: {error.reason}: {error}")
+                    examples.append(f"record {record + 1}: {error.reason}: {error}")  # 1-based, as lines are
         pools.append(valid)
         reports.append({"name": spec.name, "kind": spec.kind, "sources": paths or [f"hub:{spec.hub['path']}"],
                         "read": read, "rejected": dict(rejected), "reject_examples": examples, "valid": len(valid)})

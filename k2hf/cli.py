@@ -85,9 +85,16 @@ def _data_inspect(args: argparse.Namespace) -> int:
         a, b = piece["position"]
         known = ", ".join(f"{label} {piece[key]}" for key, label in (
             ("repeat_pass", "pass"), ("fim", "fim"), ("document_tokens", "document tokens")) if piece[key] is not None)
-        print(f"--- [{a}:{b}] {piece['subset']} {piece['source']} record {piece['record']} ({known})")
+        print(f"--- [{a}:{b}] {piece['subset']} {piece['source']} {_where(piece['source'], piece['record'])} ({known})")
         print(tokenizer.decode(ids[a:b]))
     return 0
+
+
+def _where(source: str, record: int) -> str:
+    """Positions shown to people are 1-based, like editors' line numbers: ``line 81`` of a text/JSONL file (the
+    stored, 0-based record index 80), ``record 81`` of any other source."""
+    unit = "line" if source.endswith((".jsonl", ".json", ".txt")) else "record"
+    return f"{unit} {record + 1}"
 
 
 def _data_order(args: argparse.Namespace) -> int:

@@ -125,3 +125,19 @@ def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | Non
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_message(out: Path, title: str, detail: str) -> Path:
+    """A small PNG that states a result in words (e.g. that no loss spike was found), instead of a chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 1.5))
+    fig.text(0.5, 0.62, title, ha="center", va="center", fontsize=13)
+    fig.text(0.5, 0.28, detail, ha="center", va="center", fontsize=9, color="0.35")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

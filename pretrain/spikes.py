@@ -316,7 +316,7 @@ def detect_with_rollbacks(records: list[dict], rolled_back: list[dict], config: 
 def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = None) -> tuple[list[dict], Path | None]:
     """Offline analysis: the spikes of a curve and a PNG of loss + grad norm with their spans marked. For a run dir
     the steps that spike rollbacks took back are analysed and drawn too: nothing the run measured is lost."""
-    from .monitoring import ROLLED_BACK, plot_training_curves
+    from .monitoring import ROLLED_BACK, plot_message, plot_training_curves
 
     source = Path(source)
     records = load_curve(source)
@@ -324,6 +324,10 @@ def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = N
     spikes = detect_with_rollbacks(records, rolled_back, config)
     if png is None:
         png = (source if source.is_dir() else source.parent) / "spikes.png"
+    if not spikes:  # say so, rather than draw the training curves once more
+        detail = (f"detector: window {config.window}, threshold {config.threshold} x MAD-sigma, min delta "
+                  f"{config.min_delta}; training curves: training_curves.png")
+        return spikes, plot_message(Path(png), spike_title(spikes, records), detail)
     return spikes, plot_training_curves(records, Path(png), spikes, rolled_back, title=spike_title(spikes, records))
 
 

@@ -329,7 +329,7 @@ def test_inspect_shows_provenance(prepared, capsys):
     pieces = data.describe_row(0, 0)
     assert out.startswith("chunk 0 row 0 (32 tokens)")
     for piece in pieces:
-        assert f"{piece['subset']} {piece['source']} record {piece['record']}" in out
+        assert f"{piece['subset']} {piece['source']} line {piece['record'] + 1} (" in out  # 1-based, as in errors
     assert sum(p["position"][1] - p["position"][0] for p in pieces) == 32
 
 

@@ -80,7 +80,7 @@ def test_k2_order_verify_inspect_and_order_commands(release, imported, tmp_path,
     assert cli.main(["data", "inspect", str(imported), "--chunk", "5", "--row", "2"]) == 0
     header = capsys.readouterr().out.splitlines()[1]
     r = release[1][5][2]
-    assert header == f"--- [0:{SEQ}] {r['subset_name']} {r['src_filename']} record {r['line_idx_in_src']} (pass 0)"
+    assert header == f"--- [0:{SEQ}] {r['subset_name']} {r['src_filename']} line {r['line_idx_in_src'] + 1} (pass 0)"
     assert cli.main(["data", "order", str(imported)]) == 0
     assert capsys.readouterr().out.splitlines() == ["ckpt_001 <- chunk 0", "ckpt_002 <- chunk 1", "ckpt_003 <- chunk 5"]
     # a flipped byte is found

@@ -198,7 +198,7 @@ def test_reconciliation_with_injected_bad_rows(base_model, tmp_path):
         assert s["valid"] == s["distinct_drawn"] + s["not_drawn"]
     assert report["sources"][1]["drawn"] == 5 and report["sources"][1]["not_drawn"] == 3
     assert report["documents"] == sum(s["documents_packed"] for s in report["sources"]) == 6
-    with pytest.raises(StrictModeError, match="source 'bad' record 1: unknown_role"):
+    with pytest.raises(StrictModeError, match="source 'bad' record 2: unknown_role"):  # 1-based, like its line 2
         pack(load_recipe(_recipe(tmp_path, base_model, strict=True, sources=[
             {"name": "bad", "kind": "openhermes", "paths": [str(bad)]}])), tmp_path / "strict", progress=False)
 

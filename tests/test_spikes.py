@@ -16,7 +16,7 @@ from k2hf.pretrain.config import SpikeSection, load_train_config
 from k2hf.pretrain.data.config import load_data_config
 from k2hf.pretrain.data.prepare import prepare
 from k2hf.pretrain.data.reader import PreparedData
-from k2hf.pretrain.spikes import detect, effective_data_sequence
+from k2hf.pretrain.spikes import analyze, detect, effective_data_sequence
 
 
 def _curve(n=600, noise=0.02, seed=0):
@@ -226,6 +226,16 @@ def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
     (line,) = [x for x in out.splitlines() if "malignant" in x]
     assert line.split()[:3] == ["19", "22", "4"] and line.endswith("malignant (rolled back by rollback 1)")
     assert (drill_run / "spikes.png").stat().st_size > 10_000
+
+
+def test_no_spikes_png_says_so(tmp_path):
+    import matplotlib.image
+
+    loss, grad = _curve(n=300)
+    (tmp_path / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(loss, grad)))
+    spikes, png = analyze(tmp_path / "curve.jsonl", SpikeSection())
+    assert spikes == [] and png == tmp_path / "spikes.png"
+    assert matplotlib.image.imread(png).shape[:2] == (150, 600)  # the one-line message, not the 3-panel curves
 
 
 def test_spike_plot_titles_say_what_was_found():
