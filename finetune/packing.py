@@ -84,7 +84,8 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
                 valid.append((record, to_conversation(spec.kind, row, spec.options)))
             except AdapterError as error:
                 if recipe.strict:
-                    raise StrictModeError(f"source {spec.name!r} record {record + 1}: {error.reason}: {error}") from None
+                    where = f"source {spec.name!r} record {record + 1}"
+                    raise StrictModeError(f"{where}: {error.reason}: {error}") from None
                 rejected[error.reason] += 1
                 if len(examples) < 5:
                     examples.append(f"record {record + 1}: {error.reason}: {error}")  # 1-based, as lines are

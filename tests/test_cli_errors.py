@@ -105,8 +105,23 @@ def test_every_subcommand_answers_mistakes_in_one_line(places, sample_data, caps
         assert lines[0].startswith("k2hf") and expected in lines[0], (argv, err)
 
 
-def test_debug_shows_the_traceback(places):
+def test_debug_shows_the_traceback(places, monkeypatch):
     from k2hf.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="has no config.json"):
         cli.main(["--debug", "chat", str(places / "empty"), "--prompt", "hi"])
+    monkeypatch.setenv("K2HF_DEBUG", "1")
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        cli.main(["chat", str(places / "empty"), "--prompt", "hi"])
+
+
+def test_internal_bugs_keep_their_traceback(monkeypatch):
+    """Only user errors become one line: anything else (a bug) propagates with its traceback."""
+    import k2hf.analysis.order
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(k2hf.analysis.order.ChunkOrder, "of", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["data", "order", "--preset", "k2"])

@@ -322,10 +322,13 @@ def test_concurrent_ranks_pack_once(base_model, tmp_path):
     assert len(rows) == 1 and int(next(iter(rows)).split()[1]) > 0
 
 
-def _sft_command(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "finetune" / "sft.py"), "--recipe", str(recipe), "--set",
-            f"output_dir={out}", "train.max_steps=8", "train.save_strategy=steps", "train.save_steps=2",
-            "train.report_to=[]", "train.num_train_epochs=10"]
+def _sft_command(recipe: Path, out: Path, engine: str = "single") -> list[str]:
+    launch = [sys.executable] if engine == "single" else [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO_ROOT / f"pretrain/accelerate/{engine}.yaml"), "--num_processes", "2", "--main_process_port", "29631"]
+    return launch + [str(REPO_ROOT / "finetune" / "sft.py"), "--recipe", str(recipe), "--set", f"output_dir={out}",
+                     "train.max_steps=8", "train.save_strategy=steps", "train.save_steps=2", "train.report_to=[]",
+                     "train.num_train_epochs=10"]
 
 
 def _sft_losses(out: Path) -> list[float]:
@@ -333,9 +336,11 @@ def _sft_losses(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path):
+@pytest.mark.parametrize("engine", ["single", "zero3"])
+def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path, engine):
     """kill -9 once checkpoint-4 is saved, relaunch the same command: transformers' resume continues from the newest
-    complete checkpoint, and on CPU in fp32 every step's loss equals the uninterrupted run's, bit for bit."""
+    complete checkpoint, and on CPU in fp32 every step's loss equals the uninterrupted run's, bit for bit (one
+    process, and 2 processes under DeepSpeed ZeRO-3 with gloo)."""
     import os
     import signal
     import subprocess
@@ -343,11 +348,11 @@ def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path):
 
     recipe = _recipe(tmp_path, base_model)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = subprocess.run(_sft_command(recipe, tmp_path / "reference"), env=env, capture_output=True, text=True,
-                               timeout=600)
+    reference = subprocess.run(_sft_command(recipe, tmp_path / "reference", engine), env=env, capture_output=True,
+                               text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
     out = tmp_path / "killed"
-    process = subprocess.Popen(_sft_command(recipe, out), env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_sft_command(recipe, out, engine), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (out / "checkpoint-4" / "trainer_state.json").is_file():
@@ -356,7 +361,7 @@ def test_sft_kill_minus_9_then_resume_is_exact(base_model, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "final").exists()
-    resumed = subprocess.run(_sft_command(recipe, out), env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_sft_command(recipe, out, engine), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
     losses = _sft_losses(out)
