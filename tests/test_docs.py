@@ -140,3 +140,22 @@ def test_benchmark_commands_run_at_small_size():
             continue
         assert all(r["tokens_per_s"] > 0 for r in rows)
         assert len({r["tokens"] for r in rows}) == 1  # every method saw the same tokens
+
+
+def test_every_k2hf_name_the_readme_mentions_exists():
+    """`k2hf.save_tokenizer`, `k2hf.checkpoints.list`, ...: each dotted name in the README resolves."""
+    import importlib
+
+    names = set(re.findall(r"`(k2hf(?:\.[A-Za-z_][A-Za-z0-9_]*)+)", (REPO_ROOT / "README.md").read_text()))
+    assert {"k2hf.save_tokenizer", "k2hf.encode_chat", "k2hf.checkpoints.list"} <= names
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                target = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        for attribute in parts[cut:]:
+            assert hasattr(target, attribute), name
+            target = getattr(target, attribute)
