@@ -4,6 +4,7 @@
   every checkpoint, rollbacks included);
 * :mod:`.order`: which chunk each checkpoint was trained on, and the reverse (preset, prepared data, run dir);
 * :mod:`.memorization`: the LLM360 memorization score across checkpoints, with batched greedy decoding;
+* :mod:`.energy`: energy and carbon of a training (the K2 paper's factors, or a run's own step records);
 * :mod:`.plots`: the PNGs.
 
 Checkpoint listing and loading live in the core (:mod:`k2hf.checkpoints`); this layer reads prepared data and run

@@ -177,6 +177,29 @@ def _analyze_memorization(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_energy(args: argparse.Namespace) -> int:
+    from .analysis.energy import Energy, gpu_hours, run_energy
+
+    factors = {"kw_per_gpu": args.kw_per_gpu, "pue": args.pue, "t_per_mwh": args.t_per_mwh}
+    print(f"factors: {args.kw_per_gpu} kW per GPU, PUE {args.pue}, {args.t_per_mwh} tCO2eq per MWh")
+    if args.run is None:
+        energy = Energy(gpu_hours(args.gpus, args.days, args.gpu_hours), **factors)
+        mwh = round(energy.mwh, 1)  # carbon from the MWh as reported, the K2 paper's convention
+        print(f"{energy.gpu_hours:,.1f} GPU-hours: {mwh:,.1f} MWh, {mwh * args.t_per_mwh:,.1f} tCO2eq")
+        return 0
+    if args.gpus is not None or args.days is not None or args.gpu_hours is not None:
+        from .errors import UserError
+
+        raise UserError("a run dir brings its own GPU-hours: drop --gpus/--days/--gpu-hours")
+    report = run_energy(args.run, **factors)
+    for key, label in (("trained", f"steps kept ({report['steps']})"),
+                       ("rolled_back", f"steps rolled back by spike handling ({report['rolled_back_steps']})"),
+                       ("total", "total")):
+        e = report[key]
+        print(f"{label:<48} {e.gpu_hours:>12.6f} GPU-hours {e.mwh:>12.9f} MWh {e.tco2eq:>12.9f} tCO2eq")
+    return 0
+
+
 def _spikes_analyze(args: argparse.Namespace) -> int:
     from .pretrain.config import SpikeSection
     from .pretrain.spikes import analyze, format_table
@@ -325,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--recovery-steps", type=int, default=20)
     analyze.add_argument("--malignant-steps", type=int, default=100)
     analyze.set_defaults(func=_spikes_analyze)
+
+    report = sub.add_parser("report", help="reports: energy and carbon").add_subparsers(dest="report_command",
+                                                                                      required=True)
+    energy = report.add_parser("energy", help="energy (MWh) and carbon (tCO2eq) of a training (K2 paper, section 5)")
+    energy.add_argument("run", nargs="?", help="a pretraining run dir (GPU-hours from its step records)")
+    energy.add_argument("--gpus", type=int)
+    energy.add_argument("--days", type=float)
+    energy.add_argument("--gpu-hours", type=float)
+    energy.add_argument("--kw-per-gpu", type=float, default=0.34, help="default: A100, as in the K2 paper")
+    energy.add_argument("--pue", type=float, default=1.1)
+    energy.add_argument("--t-per-mwh", type=float, default=0.385, help="tCO2eq per MWh (K2 paper: 0.385)")
+    energy.set_defaults(func=_report_energy)
 
     pretrain = sub.add_parser("pretrain", help="run pretraining in this process (multi-GPU: accelerate launch "
                               "pretrain/train.py)")

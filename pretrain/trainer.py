@@ -273,6 +273,7 @@ class Pretrainer:
                 "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                 "mfu": (tokens_per_s * self.flops_per_token / acc.num_processes / (peak * 1e12)) if peak else None,
                 "peak_mem_gb": peak_memory_gb(), "chunk": chunk,
+                "seconds": elapsed, "processes": acc.num_processes,  # device time of the step (energy reports)
             }
             entry = {"step": state.global_step, "chunk": chunk, "order_pos": state.order_pos, "rows": [row_start, row_end]}
             if str(chunk) in state.reseeds:  # positions are no longer row numbers: record the rows themselves
