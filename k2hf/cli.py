@@ -177,6 +177,17 @@ def _analyze_memorization(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery(args: argparse.Namespace) -> int:
+    from .analysis.gallery import GalleryConfig, build_gallery, read_items, read_prompts
+
+    config = GalleryConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    page = build_gallery(args.source, args.out, read_prompts(args.prompts),
+                         read_items(args.eval_items) if args.eval_items else None, checkpoints=args.checkpoints,
+                         config=config)
+    print(f"gallery: {page} (and gallery.jsonl beside it)")
+    return 0
+
+
 def _report_energy(args: argparse.Namespace) -> int:
     from .analysis.energy import Energy, gpu_hours, run_energy
 
@@ -348,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--recovery-steps", type=int, default=20)
     analyze.add_argument("--malignant-steps", type=int, default=100)
     analyze.set_defaults(func=_spikes_analyze)
+
+    gallery = sub.add_parser("gallery", help="every checkpoint's outputs on the same prompts and items, as one "
+                             "static HTML page")
+    gallery.add_argument("source", help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
+    gallery.add_argument("--prompts", required=True, help=".txt (one prompt per line) or JSONL with `prompt`")
+    gallery.add_argument("--eval-items", help="JSONL multiple-choice items: question, choices, answer")
+    gallery.add_argument("--checkpoints", default="all", help="all (chunk checkpoints), or numbers/names: 1,5,9")
+    gallery.add_argument("--max-new-tokens", type=int, default=32)
+    gallery.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples with --seed")
+    gallery.add_argument("--seed", type=int, default=0)
+    gallery.add_argument("--out", required=True)
+    gallery.set_defaults(func=_gallery)
 
     report = sub.add_parser("report", help="reports: energy and carbon").add_subparsers(dest="report_command",
                                                                                       required=True)

@@ -1,0 +1,168 @@
+"""Prompt and evaluation galleries across checkpoints (the K2 paper's Prompt and Evaluation Galleries).
+
+For every checkpoint: its greedy (or seeded, sampled) continuation of each prompt, and for each multiple-choice
+item the log-likelihood of every choice. Saved as JSONL and rendered as one self-contained static HTML page
+(no script, no network): prompts and items down the side, checkpoints across. Prompts and model outputs are
+untrusted text, so every string is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import k2hf.checkpoints as checkpoints_api
+from k2hf.errors import UserError
+
+from .memorization import select_checkpoints
+
+GALLERY_JSONL = "gallery.jsonl"
+GALLERY_HTML = "gallery.html"
+
+
+@dataclass
+class GalleryConfig:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """A ``.txt`` file (one prompt per line) or JSONL with a ``prompt`` field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a .txt file (one prompt per line) or JSONL with `prompt`")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    return [_field(json.loads(line), "prompt", path, n) for n, line in enumerate(lines, 1)]
+
+
+def read_items(path: str | os.PathLike) -> list[dict]:
+    """JSONL multiple-choice items: ``{"question": str, "choices": [str, ...], "answer": index}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give JSONL items with question, choices and answer")
+    items = []
+    for n, line in enumerate((x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()), 1):
+        row = json.loads(line)
+        question, choices, answer = (_field(row, k, path, n) for k in ("question", "choices", "answer"))
+        if not isinstance(choices, list) or not choices or not isinstance(answer, int) or \
+                not 0 <= answer < len(choices):
+            raise UserError(f"{path} line {n}: `choices` must be a non-empty list and `answer` an index into it")
+        items.append({"question": question, "choices": choices, "answer": answer})
+    return items
+
+
+def _field(row: dict, key: str, path: Path, line: int):
+    if key not in row:
+        raise UserError(f"{path} line {line}: missing field `{key}`")
+    return row[key]
+
+
+@torch.no_grad()
+def continuation(model, tokenizer, prompt: str, config: GalleryConfig) -> str:
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+    sampling = {"do_sample": True, "temperature": config.temperature} if config.temperature > 0 else \
+        {"do_sample": False}
+    if config.temperature > 0:
+        torch.manual_seed(config.seed)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id or 0, **sampling)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def choice_logliks(model, tokenizer, question: str, choices: list[str]) -> list[float]:
+    """Sum of log-probabilities of each choice's tokens after the question. As lm-evaluation-harness does, the
+    choice's tokens are those of ``question + choice`` past the length of the question's own encoding."""
+    cut = max(len(tokenizer(question, add_special_tokens=False)["input_ids"]), 1)
+    scores = []
+    for choice in choices:
+        ids = torch.tensor([tokenizer(question + choice, add_special_tokens=False)["input_ids"]], device=model.device)
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        scores.append(float(logprobs[cut - 1 :].gather(1, ids[0, cut:, None]).sum()))
+    return scores
+
+
+def build_gallery(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str], items: list[dict] | None = None,
+                  checkpoints: str = "all", config: GalleryConfig | None = None, progress: bool = True,
+                  **from_pretrained_kwargs) -> Path:
+    """Run every selected checkpoint of ``source`` on the prompts and items; write JSONL and the HTML page."""
+    from transformers import AutoTokenizer
+
+    config = config or GalleryConfig()
+    items = items or []
+    selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    bar = tqdm(total=len(selected) * (len(prompts) + len(items)), desc="gallery", unit="entry", disable=not progress)
+    for checkpoint in selected:
+        name_or_path, kwargs = checkpoint.from_pretrained_args()
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
+        for i, prompt in enumerate(prompts):
+            records.append({"checkpoint": checkpoint.name, "kind": "prompt", "index": i, "prompt": prompt,
+                            "output": continuation(model, tokenizer, prompt, config)})
+            bar.update()
+        for i, item in enumerate(items):
+            scores = choice_logliks(model, tokenizer, item["question"], item["choices"])
+            records.append({"checkpoint": checkpoint.name, "kind": "item", "index": i, **item, "logliks": scores,
+                            "predicted": max(range(len(scores)), key=scores.__getitem__)})
+            bar.update()
+        del model
+    bar.close()
+    (out / GALLERY_JSONL).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    path = out / GALLERY_HTML
+    path.write_text(render_html(records, [c.name for c in selected], prompts, items, config), encoding="utf-8")
+    return path
+
+
+def render_html(records: list[dict], checkpoints: list[str], prompts: list[str], items: list[dict],
+                config: GalleryConfig) -> str:
+    """One static page; every piece of text goes through ``html.escape``."""
+    e = html.escape
+    cell = {(r["checkpoint"], r["kind"], r["index"]): r for r in records}
+    head = "".join(f"<th>{e(c)}</th>" for c in checkpoints)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        outputs = "".join(f'<td class="output">{e(cell[(c, "prompt", i)]["output"])}</td>' for c in checkpoints)
+        rows.append(f'<tr><th class="prompt">{e(prompt)}</th>{outputs}</tr>')
+    for i, item in enumerate(items):
+        cells = []
+        for c in checkpoints:
+            r = cell[(c, "item", i)]
+            choices = "".join(
+                f'<li class="{"correct" if j == item["answer"] else "wrong"}'
+                f'{" picked" if j == r["predicted"] else ""}">{e(choice)} <span class="score">'
+                f'{r["logliks"][j]:.3f}</span>{" &#10003;" if j == item["answer"] else ""}</li>'
+                for j, choice in enumerate(item["choices"]))
+            cells.append(f'<td class="item"><ol start="0">{choices}</ol></td>')
+        rows.append(f'<tr><th class="question">{e(item["question"])}</th>{"".join(cells)}</tr>')
+    mode = "greedy" if config.temperature == 0 else f"sampled, temperature {config.temperature}, seed {config.seed}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>K2 gallery</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }} table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; white-space: pre-wrap; max-width: 28em; }}
+thead th {{ background: #f0f0f0; position: sticky; top: 0; }} th.prompt, th.question {{ text-align: left; }}
+li.correct {{ color: #1a7f37; }} li.picked {{ font-weight: bold; }} .score {{ color: #666; font-size: 90%; }}
+</style></head><body>
+<h1>K2 gallery: {len(prompts)} prompts and {len(items)} items across {len(checkpoints)} checkpoints</h1>
+<p>Outputs: {e(mode)}, {config.max_new_tokens} new tokens. Items: log-likelihood of each choice; the correct one is
+green with &#10003;, the checkpoint's pick (highest log-likelihood) is bold.</p>
+<table><thead><tr><th>prompt / item</th>{head}</tr></thead><tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
+
+
+__all__ = ["GalleryConfig", "build_gallery", "choice_logliks", "continuation", "read_items", "read_prompts",
+           "render_html"]
