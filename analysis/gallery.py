@@ -91,9 +91,9 @@ def choice_logliks(model, tokenizer, question: str, choices: list[str]) -> list[
     return scores
 
 
-def build_gallery(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str], items: list[dict] | None = None,
-                  checkpoints: str = "all", config: GalleryConfig | None = None, progress: bool = True,
-                  **from_pretrained_kwargs) -> Path:
+def build_gallery(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str],
+                  items: list[dict] | None = None, checkpoints: str = "all", config: GalleryConfig | None = None,
+                  progress: bool = True, **from_pretrained_kwargs) -> Path:
     """Run every selected checkpoint of ``source`` on the prompts and items; write JSONL and the HTML page."""
     from transformers import AutoTokenizer
 

@@ -62,7 +62,8 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "verified: every chunk hash and count matches the manifest" in out
     assert "ckpt_003 <- chunk 2" in out and "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
-    assert ran.count("launch") == 2 and {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery"} <= set(ran)
+    assert ran.count("launch") == 2
+    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery"} <= set(ran)
     assert ran.count("hub") == 3
     assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
     assert (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").is_file()
