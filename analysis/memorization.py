@@ -25,7 +25,7 @@ import k2hf.checkpoints as checkpoints_api
 from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
 from k2hf.pretrain.data.reader import PreparedData
-from k2hf.release import order_preset
+from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
 
 from .run_record import RunRecord
 
@@ -171,10 +171,13 @@ def analyze_memorization(
     if prepared.seq_len < config.prompt_tokens + config.continuation_tokens:
         raise UserError(f"rows of {data} have {prepared.seq_len} tokens; prompt + continuation need "
                         f"{config.prompt_tokens + config.continuation_tokens}")
-    if order is None and not is_run:
-        order = prepared.chunk_order if selected[0].repo_id is None else None
+    if order is None and selected[0].repo_id is not None and selected[0].repo_id.lower() == K2_HUB_MODEL.lower():
+        order = k2_chunk_order()  # LLM360/K2's ckpt_N trained on the first N chunks of K2's real order
     trained = {c.name: trained_data(source, c, order) for c in selected}
     chunks = chunks if chunks is not None else _default_chunks(trained[selected[0].name], prepared)
+    if any(t.rows is None and t.chunks is None for t in trained.values()):
+        logger.warning("what %s trained on is unknown (a model dir, or a Hub repo without --preset): every row of "
+                       "chunks %s counts as trained", source, chunks)
     bad = [c for c in chunks if not 0 <= c < prepared.num_chunks]
     if bad:
         raise UserError(f"chunks {bad} do not exist: {data} has chunks 0..{prepared.num_chunks - 1}")

@@ -108,3 +108,27 @@ def test_local_source_errors_name_the_real_cause(tmp_path, capsys):
         "repo id")
     assert cli.main(["checkpoints", "list", str(tmp_path)]) == 2
     assert "neither a k2hf run dir (no checkpoints/) nor a model dir (no config.json)" in capsys.readouterr().err
+
+
+def test_memorization_on_the_hub_uses_k2s_order(k2_like_hub, tmp_path, tiny_tokenizer):
+    """`k2hf analyze memorization --model LLM360/K2 --data <imported K2Datasets>`: ckpt_N draws only from the
+    first N chunks of K2's real order (ckpt_001: chunk 0; ckpt_002: 0-1; ckpt_010: 0-9)."""
+    from k2hf.pretrain.data.import_k2 import import_k2
+    from test_import_k2 import write_release
+
+    write_release(tmp_path / "release", len(tiny_tokenizer), rows_per_chunk=6, chunks=(0, 1, 5))
+    import_k2(str(tmp_path / "release"), tmp_path / "k2", tokenizer="sample", chunks=[0, 1, 5], seq_len=64,
+              progress=False)
+    code = ("import csv\nfrom k2hf.analysis.memorization import MemorizationConfig, analyze_memorization\n"
+            f"analyze_memorization('LLM360/K2', {str(tmp_path / 'mem')!r}, data={str(tmp_path / 'k2')!r}, "
+            "chunks=[0, 1, 5], config=MemorizationConfig(samples=12), progress=False)\n")
+    result = _in_subprocess(_hub_env(k2_like_hub, tmp_path), code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import csv
+
+    with open(tmp_path / "mem" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    chunks = {name: {int(r["chunk"]) for r in rows if r["checkpoint"] == name} for name in ("ckpt_001", "ckpt_002",
+                                                                                             "ckpt_010")}
+    assert chunks == {"ckpt_001": {0}, "ckpt_002": {0, 1}, "ckpt_010": {0, 1, 5}}
+    assert sum(r["checkpoint"] == "ckpt_001" for r in rows) == 6  # chunk 0 holds 6 rows
