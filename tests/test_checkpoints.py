@@ -113,8 +113,9 @@ def test_local_source_errors_name_the_real_cause(tmp_path, capsys):
 def test_memorization_on_the_hub_uses_k2s_order(k2_like_hub, tmp_path, tiny_tokenizer):
     """`k2hf analyze memorization --model LLM360/K2 --data <imported K2Datasets>`: ckpt_N draws only from the
     first N chunks of K2's real order (ckpt_001: chunk 0; ckpt_002: 0-1; ckpt_010: 0-9)."""
-    from k2hf.pretrain.data.import_k2 import import_k2
     from test_import_k2 import write_release
+
+    from k2hf.pretrain.data.import_k2 import import_k2
 
     write_release(tmp_path / "release", len(tiny_tokenizer), rows_per_chunk=6, chunks=(0, 1, 5))
     import_k2(str(tmp_path / "release"), tmp_path / "k2", tokenizer="sample", chunks=[0, 1, 5], seq_len=64,
