@@ -4,6 +4,7 @@
   every checkpoint, rollbacks included);
 * :mod:`.order`: which chunk each checkpoint was trained on, and the reverse (preset, prepared data, run dir);
 * :mod:`.memorization`: the LLM360 memorization score across checkpoints, with batched greedy decoding;
+* :mod:`.evaluation`: lm-evaluation-harness on one checkpoint or a sweep over all of them (extra ``eval``);
 * :mod:`.gallery`: every checkpoint's outputs on the same prompts and items, as one static HTML page;
 * :mod:`.energy`: energy and carbon of a training (the K2 paper's factors, or a run's own step records);
 * :mod:`.plots`: the PNGs.

@@ -60,3 +60,36 @@ def plot_correlation_heatmap(names: list[str], matrix: np.ndarray, out: Path) ->
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_sweep(rows: list[dict], out: Path) -> Path | None:
+    """One panel per (task, metric): value (with its stderr band) against tokens seen, or against the checkpoint's
+    place in the sweep when the source does not record tokens (the K2 paper's Figure 4)."""
+    if not rows:
+        return None
+    plt = _pyplot()
+    series: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        series.setdefault((row["task"], row["metric"]), []).append(row)
+    order = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    use_tokens = all(r["tokens_seen"] is not None for r in rows)
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.6 * len(series)), squeeze=False)
+    for ax, ((task, metric), points) in zip(axes[:, 0], series.items()):
+        x = [p["tokens_seen"] if use_tokens else order.index(p["checkpoint"]) for p in points]
+        y = np.array([p["value"] for p in points], dtype=float)
+        err = np.array([p["stderr"] if p["stderr"] is not None else np.nan for p in points], dtype=float)
+        ax.plot(x, y, marker="o")
+        if np.isfinite(err).any():
+            ax.fill_between(x, y - np.nan_to_num(err), y + np.nan_to_num(err), alpha=0.2)
+        ax.set_ylabel(f"{task}\n{metric}")
+        if "perplexity" in metric:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if not use_tokens:
+            ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
+    axes[-1, 0].set_xlabel("tokens seen" if use_tokens else "checkpoint")
+    axes[0, 0].set_title("Evaluation across checkpoints")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -177,6 +177,30 @@ def _analyze_memorization(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .analysis.evaluation import run_eval, sweep
+    from .errors import UserError
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    common = {"num_fewshot": args.num_fewshot, "limit": args.limit, "include_path": args.include_path,
+              "batch_size": args.batch_size}
+    if args.model == "sweep":
+        if args.source is None:
+            raise UserError("k2hf eval sweep needs SOURCE: a run dir or a Hub repo")
+        path = sweep(args.source, tasks, args.out, every=args.every, checkpoints=args.checkpoints, **common)
+        print(f"sweep: {path} and {path.with_name('sweep.png')}")
+        return 0
+    if args.source is not None:
+        raise UserError(f"unexpected argument {args.source!r} (k2hf eval MODEL ..., or k2hf eval sweep SOURCE ...)")
+    record = run_eval(args.model, tasks, args.out, revision=args.revision, **common)
+    for task, metrics in record["results"].items():
+        shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
+                          if "," in k and isinstance(v, float) and "stderr" not in k)
+        print(f"{task}: {shown}")
+    print(f"results: {args.out}/results.json")
+    return 0
+
+
 def _gallery(args: argparse.Namespace) -> int:
     from .analysis.gallery import GalleryConfig, build_gallery, read_items, read_prompts
 
@@ -359,6 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--recovery-steps", type=int, default=20)
     analyze.add_argument("--malignant-steps", type=int, default=100)
     analyze.set_defaults(func=_spikes_analyze)
+
+    ev = sub.add_parser("eval", help="lm-evaluation-harness on a model (k2hf eval MODEL) or on every checkpoint "
+                        "(k2hf eval sweep SOURCE)")
+    ev.add_argument("model", help="a model dir or Hub id; or `sweep` followed by a run dir / Hub repo")
+    ev.add_argument("source", nargs="?", help="with `sweep`: the run dir or Hub repo")
+    ev.add_argument("--tasks", required=True, help="comma-separated harness tasks (k2hf_mc, k2hf_text offline)")
+    ev.add_argument("--revision", help="Hub revision, e.g. ckpt_120")
+    ev.add_argument("--num-fewshot", type=int)
+    ev.add_argument("--limit", type=int, help="documents per task (for quick looks)")
+    ev.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
+    ev.add_argument("--batch-size", type=int, default=1)
+    ev.add_argument("--every", type=int, default=1, help="sweep: every K-th checkpoint")
+    ev.add_argument("--checkpoints", default="all", help="sweep: all, or numbers/names: 1,5,9")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=_eval)
 
     gallery = sub.add_parser("gallery", help="every checkpoint's outputs on the same prompts and items, as one "
                              "static HTML page")

@@ -63,12 +63,13 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "ckpt_003 <- chunk 2" in out and "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
     assert ran.count("launch") == 2
-    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery"} <= set(ran)
-    assert ran.count("hub") == 3
+    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval"} <= set(ran)
+    assert ran.count("hub") == 5
     assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
     assert (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").is_file()
     assert "430.8 MWh, 165.9 tCO2eq" in out and "steps kept (" in out
     assert (sandbox / "outputs" / "demo" / "gallery" / "gallery.html").is_file()
+    assert (sandbox / "outputs" / "demo" / "eval" / "sweep.csv").is_file()
 
 
 def _check_launch(argv: list[str]) -> None:
