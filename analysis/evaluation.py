@@ -46,8 +46,9 @@ def offline_tasks_dir(folder: str | os.PathLike | None = None) -> Path:
     folder = Path(folder) if folder else Path(os.environ.get("HF_HOME", Path.home() / ".cache")) / "k2hf-tasks"
     folder.mkdir(parents=True, exist_ok=True)
     for name, spec in OFFLINE_TASKS.items():
-        task = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data / spec["file"])}},
-                "test_split": "test", **{k: v for k, v in spec.items() if k != "file"}, "metadata": {"version": 1.0}}
+        task = {"task": name, "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(data / spec["file"])}}, "test_split": "test",
+                **{k: v for k, v in spec.items() if k != "file"}, "metadata": {"version": 1.0}}
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     return folder
 

@@ -133,3 +133,20 @@ def test_memorization_on_the_hub_uses_k2s_order(k2_like_hub, tmp_path, tiny_toke
                                                                                              "ckpt_010")}
     assert chunks == {"ckpt_001": {0}, "ckpt_002": {0, 1}, "ckpt_010": {0, 1, 5}}
     assert sum(r["checkpoint"] == "ckpt_001" for r in rows) == 6  # chunk 0 holds 6 rows
+
+
+@pytest.mark.slow
+def test_eval_sweep_over_hub_revisions(k2_like_hub, tmp_path):
+    """`k2hf eval sweep LLM360/K2 --every 2`: each ckpt_N revision loaded through the Hub client, evaluated once."""
+    import csv
+
+    result = _in_subprocess(_hub_env(k2_like_hub, tmp_path), (
+        "from k2hf.cli import main; raise SystemExit(main(['eval', 'sweep', 'LLM360/K2', '--tasks', 'k2hf_mc', "
+        f"'--every', '2', '--out', {str(tmp_path / 'sweep')!r}]))"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["checkpoint"], r["metric"]) for r in rows] == [("ckpt_002", "acc")]  # 2nd of ckpt_001/002/010
+    assert json.loads((tmp_path / "sweep" / "ckpt_002" / "results.json").read_text())["model"]["checkpoint"] == \
+        "ckpt_002"
+    assert any(r.startswith("GET /api/models/LLM360/K2/revision/ckpt_002") for r in k2_like_hub.requests)
