@@ -67,3 +67,22 @@ def test_sweep_is_resumable_and_plots(drill_run, tmp_path, capsys):
     assert cli.main(["eval", str(drill_run / "checkpoints" / "ckpt_001"), "--tasks", "no_such_task", "--out",
                      str(tmp_path / "x")]) == 2
     assert "unknown tasks ['no_such_task']" in capsys.readouterr().err
+
+
+def test_include_path_adds_the_users_own_tasks(drill_run, tmp_path):
+    """A task YAML of the user's own (here: a two-item multiple-choice set) runs beside k2hf's, as with the
+    harness's own `--include_path`."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "items.jsonl").write_text(
+        '{"q": "Bees make", "options": ["honey", "rocks"], "gold": 0}\n'
+        '{"q": "Ice is", "options": ["hot", "cold"], "gold": 1}\n')
+    (tmp_path / "tasks" / "my_task.yaml").write_text(
+        "task: my_task\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{options}}'\n"
+        "doc_to_target: '{{gold}}'\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+    assert cli.main(["eval", str(drill_run / "checkpoints" / "ckpt_004"), "--tasks", "my_task,k2hf_mc",
+                     "--include-path", str(tmp_path / "tasks"), "--limit", "2", "--out", str(tmp_path / "ev")]) == 0
+    record = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert set(record["results"]) == {"my_task", "k2hf_mc"} and record["limit"] == 2
+    assert record["n_samples"]["my_task"]["effective"] == 2
