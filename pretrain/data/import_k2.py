@@ -25,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm.auto import tqdm
 
+from k2hf.checkpoints import looks_local
 from k2hf.errors import UserError
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
@@ -85,7 +86,7 @@ def check_release(src: str, names: list[str], revision: str | None = None) -> No
     if local.is_dir():
         missing = [n for n in names if not (local / n).is_file()]
         where = str(local)
-    elif local.exists() or src.startswith((".", "/", "~")):
+    elif looks_local(src):
         raise ReleaseImportError(f"{src} is not a directory of chunk_<i>.jsonl files (nor a Hub dataset id)")
     else:
         from huggingface_hub import HfFileSystem
