@@ -26,10 +26,14 @@ COPIED_FILES = (
 )
 
 
+# K2 training options that LLaMA has no field for (they do not change the network).
+K2_ONLY_FIELDS = ("chunked_loss", "loss_chunk_size")
+
+
 def k2_to_llama_config(config: K2Config) -> LlamaConfig:
     """The ``LlamaConfig`` that describes the same network as ``config``."""
     fields = config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+    for key in ("model_type", "architectures", "auto_map", "transformers_version", *K2_ONLY_FIELDS):
         fields.pop(key, None)
     llama = LlamaConfig(**fields)
     llama.architectures = ["LlamaForCausalLM"]

@@ -67,6 +67,10 @@ class K2Config(PreTrainedConfig):
     attention_bias: bool = False
     attention_dropout: int | float | None = 0.0
     mlp_bias: bool = False
+    # Training loss without the full-vocabulary logits (see ``K2ForCausalLM.forward``): in training mode with
+    # labels, the LM head and cross-entropy run ``loss_chunk_size`` tokens at a time and no logits are returned.
+    chunked_loss: bool = True
+    loss_chunk_size: int = 1024
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:
@@ -79,6 +83,8 @@ class K2Config(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of ``@strict`` validation: shapes must divide."""
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be at least 1, got {self.loss_chunk_size}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "

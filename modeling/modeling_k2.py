@@ -6,6 +6,8 @@ with bit-identical logits. What K2 adds over stock LLaMA:
 * packed documents never leak: when ``position_ids`` restart per document and no attention mask is given, the
   mask is block-diagonal even when ``use_cache`` is left at its default (stock LLaMA builds a cache first and
   then skips packed-sequence detection, so documents attend to each other);
+* training never holds the full-vocabulary logits: in training mode with labels, the LM head and cross-entropy run
+  a chunk of tokens at a time (``config.chunked_loss``), the same loss and gradients as the plain path;
 * K2 presets and LLaMA <-> K2 config conversion live in :mod:`configuration_k2`.
 
 Attention goes through ``ALL_ATTENTION_FUNCTIONS`` (eager, sdpa, flex, flash-attention 2/3, kernels), decoder
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -273,6 +276,48 @@ def _cache_for_mask(past_key_values: Cache | None) -> Cache | None:
     return past_key_values if past_key_values.get_seq_length() > 0 else None
 
 
+def _chunk_loss_sum(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Summed cross-entropy of one chunk of tokens; its logits live only inside this call."""
+    logits = lm_head(hidden).float()
+    return nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+
+
+def chunked_causal_lm_loss(
+    lm_head: nn.Module,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor | None,
+    chunk_size: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Next-token cross-entropy of ``lm_head(hidden_states)`` without ever holding the whole logits tensor.
+
+    Same semantics as transformers' ``ForCausalLMLoss`` (labels shifted inside unless ``shift_labels`` is given,
+    fp32 logits, ``ignore_index``, sum / ``num_items_in_batch`` or mean over the counted tokens). Each chunk's LM
+    head + cross-entropy runs under non-reentrant activation checkpointing: its logits are freed after the forward
+    and recomputed, one chunk at a time, in the backward, so at most one chunk's logits (and their gradient) exist.
+    Calling ``lm_head`` as a module, rather than multiplying by its weight in a hand-written autograd function
+    (Liger's way), keeps every hook on it working: DeepSpeed ZeRO-3 gathering, FSDP, PEFT adapters, TP plans.
+    """
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = start + chunk_size
+        total = total + checkpoint(
+            _chunk_loss_sum, lm_head, hidden[start:end], targets[start:end], ignore_index, use_reentrant=False
+        )
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 class K2Model(K2PreTrainedModel):
     """The K2 decoder stack without the language-model head."""
 
@@ -373,12 +418,15 @@ class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        loss = logits = None
+        if labels is not None and self.training and self.config.chunked_loss and _keeps_all(logits_to_keep):
+            # Liger's convention: the training loss comes without logits (1 GiB of fp32 per 8K-token row for K2).
+            loss = chunked_causal_lm_loss(self.lm_head, hidden_states, labels, self.config.loss_chunk_size, **kwargs)
+        else:
+            slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, slice_indices, :])
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -386,6 +434,11 @@ class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+def _keeps_all(logits_to_keep: int | torch.Tensor) -> bool:
+    """Whether ``logits_to_keep`` asks for every position (the only case a training loss is defined for)."""
+    return isinstance(logits_to_keep, int) and logits_to_keep == 0
 
 
 __all__ = ["K2ForCausalLM", "K2Model", "K2PreTrainedModel"]

@@ -21,6 +21,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from accelerate.utils import is_compiled_module
+
 from k2hf.checkpoints import CHUNK_CHECKPOINT as _CHUNK
 from k2hf.checkpoints import STEP_CHECKPOINT as _STEP
 from k2hf.checkpoints import TRAINER_STATE
@@ -80,6 +82,8 @@ def save_checkpoint(accelerator, model, tokenizer, state: TrainerState, root: Pa
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / TRAINING_STATE_DIR))
+    if is_compiled_module(model):  # accelerate compiled it around the (DDP-)wrapped model: save its own names
+        model = model._orig_mod
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; collective
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)

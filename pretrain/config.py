@@ -30,6 +30,9 @@ class ModelSection:
     max_position_embeddings: int | None = None
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    # torch.compile the model (through accelerate's TorchDynamoPlugin, inductor backend): K2's forward and backward
+    # trace as one graph, packed rows included; the first steps pay the compilation.
+    compile: bool = False
 
 
 @dataclass

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -61,6 +62,10 @@ class Pretrainer:
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         # CPU multi-process (CI): gloo; DeepSpeed on CPU otherwise fails with a batch-size assertion
         kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+        if config.model.compile and config.model.attn_implementation == "flex_attention":
+            # transformers builds flex block masks through torch's deprecated `create_block_mask(_compile=True)`,
+            # whose `warnings.warn` dynamo cannot trace (a graph break per step); skip the warning while tracing
+            torch._dynamo.config.ignore_logging_functions.add(warnings.warn)
         trackers = (["tensorboard"] if config.log.tensorboard else []) + (["wandb"] if config.log.wandb else [])
         self.accelerator = Accelerator(
             mixed_precision="bf16" if config.precision == "bf16" else "no",
@@ -68,6 +73,8 @@ class Pretrainer:
             project_dir=str(self.output_dir),
             step_scheduler_with_optimizer=False,
             kwargs_handlers=kwargs,
+            # None leaves accelerate's own launch settings (`--dynamo_backend`) in charge
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor") if config.model.compile else None,
         )
         self.geometry = batch_geometry(config, self.data.seq_len, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.geometry.grad_accum

@@ -121,23 +121,37 @@ def benchmark_commands() -> list[str]:
 
 @pytest.mark.slow
 def test_benchmark_commands_run_at_small_size():
-    """BENCHMARKS.md's commands, shrunk (100 MB -> 1 MB, 20K -> 200 conversations, 256 -> 8 rows): every method
-    reports."""
+    """BENCHMARKS.md's commands, shrunk (100 MB -> 1 MB, 20K -> 200 conversations, 256 -> 8 rows, seq 8192 -> 512,
+    20 -> 2 steps): every method reports."""
     import json
     import subprocess
     import sys
 
     commands = benchmark_commands()
-    assert [c.split()[1] for c in commands] == ["bench/data_prepare.py", "bench/sft_pack.py", "bench/memorization.py"]
-    expected = {"bench/data_prepare.py": 4, "bench/sft_pack.py": 2, "bench/memorization.py": 2}
+    scripts = ["bench/data_prepare.py", "bench/sft_pack.py", "bench/memorization.py", "bench/training_memory.py",
+               "bench/compile_cpu.py"]
+    assert [c.split()[1] for c in commands] == scripts
+    shrink = {"--mb 100": "--mb 1", "--conversations 20000": "--conversations 200",
+              "--rows 256 --batch-size 64": "--rows 8 --batch-size 4", "--steps 20": "--steps 2 --warmup 1"}
     for command in commands:
-        argv = shlex.split(command.replace("--mb 100", "--mb 1").replace("--conversations 20000", "--conversations 200")
-                           .replace("--rows 256 --batch-size 64", "--rows 8 --batch-size 4"))
+        for full, small in shrink.items():
+            command = command.replace(full, small)
+        argv = shlex.split(command) + (["--seq", "512"] if "training_memory" in command else [])
         result = subprocess.run([sys.executable, *argv[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"method"')]
-        assert len(rows) == expected[argv[1]]
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        rows = [r for r in lines if "method" in r]
+        if argv[1] == "bench/training_memory.py":
+            steps, ratio = lines[:3], lines[3]
+            assert [r["case"] for r in steps] == ["k2_chunked_loss", "k2_plain_loss", "stock_llama"]
+            assert all(r["step_peak_mb"] > 0 for r in steps) and ratio["loss_rel_diff"] <= 1e-6
+            continue
+        if argv[1] == "bench/compile_cpu.py":
+            assert [r["mode"] for r in lines[:2]] == ["eager", "compiled"] and lines[1]["tokens_per_s"] > 0
+            assert lines[2]["max_loss_difference_over_run"] <= 1e-4
+            continue
+        assert len(rows) == {"bench/data_prepare.py": 4, "bench/sft_pack.py": 2, "bench/memorization.py": 2}[argv[1]]
         if argv[1] == "bench/memorization.py":
             assert all(r["rows_per_s"] > 0 and r["rows"] == 8 for r in rows)
             assert json.loads(result.stdout.splitlines()[-1])["token_agreement"] == 1.0
