@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -50,10 +51,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _data_prepare(args: argparse.Namespace) -> int:
     from .pretrain.data.config import load_data_config
+    from .pretrain.data.executors import slurm_settings
     from .pretrain.data.prepare import prepare
 
     config = load_data_config(args.config, on_error=args.on_error, num_workers=args.workers)
-    manifest = prepare(config, args.out, keep_work=args.keep_work)
+    slurm = {**config.slurm, **{k: v for k, v in (("partition", args.slurm_partition), ("time", args.slurm_time),
+                                                  ("cpus_per_task", args.slurm_cpus_per_task),
+                                                  ("job_name", args.slurm_job_name), ("env_command", args.slurm_env))
+                                if v is not None}}
+    manifest = prepare(config, args.out, keep_work=args.keep_work, executor=args.executor, tasks=args.tasks,
+                       slurm=slurm_settings(slurm), ray_address=args.ray_address, dry_run=args.dry_run)
+    if manifest is None:
+        run_dir = next(Path(args.out, ".work").glob("run-*"))
+        if args.dry_run:
+            for script in sorted((run_dir / "slurm").glob("*.slurm")):
+                print(f"# {script}\n{script.read_text()}")
+            print("dry run: nothing submitted")
+        else:
+            print(f"submitted 4 Slurm jobs (tokenize -> plan -> write -> manifest); logs under {run_dir / 'logs'}")
+        return 0
     print(f"prepared {manifest['total_rows']} rows x {manifest['seq_len']} tokens in {manifest['num_chunks']} chunks "
           f"-> {args.out}")
     for subset in manifest["subsets"]:
@@ -315,7 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--config", required=True, help="data recipe YAML (e.g. pretrain/configs/data/sample.yaml)")
     prep.add_argument("--out", required=True)
     prep.add_argument("--on-error", choices=["fail", "skip"], default=None, help="bad records: fail (default) or skip")
-    prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: the config's)")
+    prep.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                      help="who runs the pipeline (datatrove): this machine, a Slurm cluster, a Ray cluster")
+    prep.add_argument("--tasks", type=int, default=None,
+                      help="at most this many tasks per stage (default: one per source file / per chunk)")
+    prep.add_argument("--workers", type=int, default=None, help="tasks run at once (default: the config's num_workers)")
+    prep.add_argument("--slurm-partition", help="Slurm partition (or `slurm: {partition: ...}` in the recipe)")
+    prep.add_argument("--slurm-time", help="Slurm time limit per task, e.g. 04:00:00")
+    prep.add_argument("--slurm-cpus-per-task", type=int)
+    prep.add_argument("--slurm-job-name")
+    prep.add_argument("--slurm-env", help="shell command run before each Slurm task (e.g. 'source .venv/bin/activate')")
+    prep.add_argument("--dry-run", action="store_true", help="slurm: write and print the sbatch scripts only")
+    prep.add_argument("--ray-address", help="ray: the cluster to join (default: a local Ray started here)")
     prep.add_argument("--keep-work", action="store_true", help="keep the tokenized shards after success")
     prep.set_defaults(func=_data_prepare)
     verify = data.add_parser("verify", help="re-hash chunks and check the manifest's counts")

@@ -239,7 +239,8 @@ def _bad_corpus(root: Path) -> Path:
 def test_bad_input_fails_by_default_naming_file_and_line(corpus, tmp_path):
     root, _ = corpus
     bad = _bad_corpus(tmp_path)
-    config = _config(root, subsets=[{"name": "bad", "paths": [str(bad / "*.jsonl")]}])
+    # one worker: files fail in order (with several, the first file to fail in time is the one reported)
+    config = _config(root, subsets=[{"name": "bad", "paths": [str(bad / "*.jsonl")]}], num_workers=1)
     with pytest.raises(ValueError, match=r"a\.jsonl line 2: malformed json"):
         prepare(config, tmp_path / "out", progress=False)
 
@@ -354,8 +355,14 @@ def test_interrupted_run_keeps_finished_shards(corpus, prepared, tmp_path):
     assert len(shards) == 7  # web 2 files, wiki 1, code 1, notes 3
     import shutil
 
-    shutil.rmtree(shards[3])  # as if the run died while tokenizing this shard
+    # as if the run died while tokenizing this shard: its task (one per source) and every later stage unfinished
+    shutil.rmtree(shards[3])
     (tmp_path / "manifest.json").unlink()
+    (run,) = (tmp_path / ".work").glob("run-*")
+    (run / "logs" / "tokenize-t7" / "completions" / "00003").unlink()
+    for later in ("plan.json", "written", *(p.name for p in (run / "logs").glob("[pwm]*"))):
+        target = run / later if later in ("plan.json", "written") else run / "logs" / later
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     before = {p.name: (p / "meta.json").stat().st_mtime_ns for p in shards if p.exists()}
     prepare(_config(root), tmp_path, keep_work=True, progress=False)
     after = {p.name: (p / "meta.json").stat().st_mtime_ns for p in shards if p.name in before}
@@ -394,3 +401,100 @@ def test_manifest_counts_equal_what_the_chunks_hold(tmp_path, seed):
         mine = starts[starts["subset"] == index]
         assert subset["instances_packed"] == len(mine), subset["name"]
         assert subset["fim_instances"] == int((mine["fim"] != 0).sum()), subset["name"]
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.relative_to(root).as_posix().startswith(".work")}
+
+
+def test_same_bytes_whatever_the_tasks_and_workers(corpus, prepared, tmp_path):
+    """The datatrove local executor with 1 task, 3 tasks per stage, and 2 workers: every file identical (and
+    identical to the fixture's run with the default one task per source / chunk)."""
+    root, _ = corpus
+    data, _ = prepared
+    reference = _tree_hashes(data.path)
+    assert {f"chunks/chunk_0000{c}.{e}" for c in range(5) for e in ("bin", "pieces.npy")} | {"manifest.json"} \
+        <= set(reference)
+    for name, tasks, workers in (("one", 1, 1), ("three", 3, 1), ("two-workers", None, 2)):
+        prepare(_config(root), tmp_path / name, progress=False, tasks=tasks, workers=workers)
+        assert _tree_hashes(tmp_path / name) == reference, name
+
+
+def test_finished_tasks_are_not_redone(corpus, tmp_path):
+    """A rerun skips every finished task (datatrove's completion records); after a chunk task dies, only its
+    chunks are written again, to the same bytes."""
+    root, _ = corpus
+    out = tmp_path / "d"
+    prepare(_config(root), out, keep_work=True, progress=False, tasks=3)
+    first = _tree_hashes(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")  # the tokenizer is saved afresh: set-up, not a task
+              if p.is_file() and "/logs/" not in str(p) and "tokenizer/" not in str(p.relative_to(out))}
+    prepare(_config(root), out, keep_work=True, progress=False, tasks=3)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing rewritten
+    (run,) = (out / ".work").glob("run-*")
+    # write task 1 of 3 (chunks 1 and 4) "died": no completion, no results; the manifest never came
+    (run / "logs" / "write-t3" / "completions" / "00001").unlink()
+    for chunk in (1, 4):
+        (run / "written" / f"chunk_{chunk:05d}.json").unlink()
+        (out / "chunks" / f"chunk_{chunk:05d}.bin").unlink()
+    (run / "logs" / "manifest-t1" / "completions" / "00000").unlink()
+    (out / "manifest.json").unlink()
+    prepare(_config(root), out, keep_work=True, progress=False, tasks=3)
+    rewritten = {p.name for p in mtimes if p.stat().st_mtime_ns != mtimes[p]}
+    assert rewritten == {f"chunk_0000{c}.{e}" for c in (1, 4) for e in ("bin", "pieces.npy", "json")} | {"manifest.json"}
+    assert _tree_hashes(out) == first
+
+
+def test_slurm_dry_run_writes_the_sbatch_scripts(corpus, tmp_path, capsys):
+    """`--executor slurm --dry-run`: one array job per stage with the recipe's Slurm settings, flags on top;
+    nothing submitted, no data written."""
+    root, _ = corpus
+    recipe = tmp_path / "recipe.yaml"
+    import yaml
+
+    recipe.write_text(yaml.safe_dump({**_config(root).to_dict(), "slurm": {"time": "02:00:00", "cpus_per_task": 4,
+                                                                           "env_command": "source venv/bin/activate"}}))
+    out = tmp_path / "d"
+    code = cli.main(["data", "prepare", "--config", str(recipe), "--out", str(out), "--executor", "slurm",
+                     "--slurm-partition", "cpu", "--slurm-job-name", "k2data", "--tasks", "3", "--workers", "2",
+                     "--dry-run"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "dry run: nothing submitted" in printed
+    scripts = {p.stem: p.read_text() for p in (out / ".work").glob("run-*/slurm/*.slurm")}
+    assert sorted(scripts) == ["manifest", "plan", "tokenize", "write"]
+    for stage, script in scripts.items():
+        assert script in printed
+        assert "#SBATCH --partition=cpu" in script and "#SBATCH --time=02:00:00" in script
+        assert "#SBATCH --cpus-per-task=4" in script and f"#SBATCH --job-name=k2data-{stage}" in script
+        assert "source venv/bin/activate" in script and "launch_pickled_pipeline" in script
+    assert "#SBATCH --array=0-2%2" in scripts["tokenize"] and "#SBATCH --array=0-0" in scripts["plan"]
+    assert not (out / "manifest.json").exists() and not (out / "chunks").exists()
+
+
+def test_executor_mistakes_are_one_line(corpus, tmp_path):
+    root, _ = corpus
+    with pytest.raises(Exception, match="the slurm executor needs a partition"):
+        prepare(_config(root), tmp_path / "a", executor="slurm", dry_run=True, progress=False)
+    with pytest.raises(Exception, match="--dry-run is for the slurm executor"):
+        prepare(_config(root), tmp_path / "b", dry_run=True, progress=False)
+    with pytest.raises(Exception, match=r"unknown slurm settings \['partitoin'\]"):
+        prepare(data_config_from_dict({**_config(root).to_dict(), "slurm": {"partitoin": "x"}}), tmp_path / "c",
+                executor="slurm", progress=False)
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_bytes(corpus, prepared, tmp_path):
+    """On a local Ray instance (skipped only where `ray` is not installed: `pip install 'k2hf[ray]'`)."""
+    pytest.importorskip("ray")
+    root, _ = corpus
+    data, _ = prepared
+    try:
+        prepare(_config(root), tmp_path / "ray", progress=False, executor="ray", tasks=3, workers=2)
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert _tree_hashes(tmp_path / "ray") == _tree_hashes(data.path)

@@ -19,6 +19,9 @@ FORMATS = ("jsonl", "parquet", "text", "hub")
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
 
 
+EXECUTION_KEYS = ("num_workers", "slurm")
+
+
 class DataConfigError(UserError):
     """A data recipe that cannot be prepared, found before any work starts."""
 
@@ -66,10 +69,19 @@ class DataConfig:
     # default: each document encoded whole + eos id; k2_release: how K2's released rows were made (k2_release.py)
     tokenization: Literal["default", "k2_release"] = "default"
     num_workers: int = 2
+    # how `--executor slurm` submits (partition, time, cpus_per_task, job_name, env_command, ...); flags override
+    slurm: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def data_dict(self) -> dict[str, Any]:
+        """The recipe without how it is run (workers, Slurm settings): what decides the output's bytes."""
+        recipe = self.to_dict()
+        for key in EXECUTION_KEYS:
+            recipe.pop(key)
+        return recipe
 
     def resolved_order(self) -> list[int]:
         """Chunk indices in training order."""

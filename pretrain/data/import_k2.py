@@ -30,16 +30,8 @@ from k2hf.errors import UserError
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
 
-from .prepare import (
-    FORMAT_VERSION,
-    MANIFEST,
-    PIECE_DTYPE,
-    chunk_file,
-    load_tokenizer,
-    pieces_file,
-    remove_unlisted,
-    sha256_file,
-)
+from .format import FORMAT_VERSION, MANIFEST, PIECE_DTYPE, chunk_file, pieces_file, remove_unlisted, sha256_file
+from .prepare import load_tokenizer
 
 KIND = "k2_release"
 REQUIRED_FIELDS = ("token_ids", "src_filename", "line_idx_in_src")

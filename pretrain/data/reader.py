@@ -12,7 +12,7 @@ import numpy as np
 
 from k2hf.errors import UserError
 
-from .prepare import MANIFEST, sha256_file, unlisted_files
+from .format import MANIFEST, sha256_file, unlisted_files
 
 
 class DataIndexError(UserError, IndexError):

@@ -30,6 +30,7 @@ from .sources import BadRecord, read_source
 INSTANCE_DTYPE = np.dtype([("record", "<i8"), ("pass", "<i4"), ("fim", "i1"), ("start", "<i8"), ("length", "<i8")])
 ENCODE_BATCH = 1024
 BLOCK_RECORDS = 8192  # records tokenized at a time: bounds a worker's memory whatever the file size
+SHARD_FORMAT = 2  # 2: per-pass instance ends (ends.npy) and per-pass counts in meta.json
 
 
 class BadInputError(UserError):
@@ -80,8 +81,9 @@ def build_shard(job: ShardJob) -> dict:
             state.add_documents(read_source(job.subset, job.source))
     instances = np.concatenate(state.tables) if state.tables else np.zeros(0, INSTANCE_DTYPE)
     instances = instances[np.lexsort((instances["record"], instances["pass"]))]  # pass-major, then record order
-    stats = state.stats(len(instances))
+    stats = state.stats(instances)
     np.save(tmp / "instances.npy", instances)
+    np.save(tmp / "ends.npy", pass_ends(instances))
     (tmp / "meta.json").write_text(json.dumps(stats))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -211,7 +213,8 @@ class _ShardState:
             return np.ones(n, dtype=bool)
         return self._rng(0, repeat_pass).random(n) < fraction
 
-    def stats(self, instances: int) -> dict:
+    def stats(self, instances: np.ndarray) -> dict:
+        passes = [instances[instances["pass"] == p] for p in range(math.ceil(self.job.subset.repeat))]
         return {
             "fingerprint": self.job.fingerprint,
             "source": self.job.source,
@@ -220,10 +223,22 @@ class _ShardState:
             "skipped": dict(self.bad),
             "skip_examples": self.examples,
             "tokens": self.total,
-            "instances": instances,
+            "instances": len(instances),
+            # per repeat pass: what the planning stage needs without reading the instance table
+            "passes": [{"instances": len(t), "tokens": int(t["length"].sum()), "fim": int(np.count_nonzero(t["fim"]))}
+                       for t in passes],
             # records no pass keeps (repeat < 1): counted as skipped "not_sampled"
             "not_sampled": self.good - self.first_pass_kept if self.job.subset.repeat < 1 else 0,
         }
+
+
+def pass_ends(instances: np.ndarray) -> np.ndarray:
+    """For each instance (sorted pass-major), where its tokens end within its pass: a row's instances are found
+    by binary search on this memory-mapped array, without reading the whole table."""
+    ends = np.cumsum(instances["length"], dtype=np.int64)
+    starts = np.searchsorted(instances["pass"], instances["pass"], side="left")  # first instance of each one's pass
+    before = np.concatenate([[0], ends])[starts]
+    return ends - before
 
 
 def _encode(encoder: PlainTextEncoder, texts: list[str]) -> list[list[int]]:

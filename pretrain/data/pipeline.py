@@ -1,0 +1,391 @@
+"""``k2hf data prepare`` as one linear pipeline: four stages that talk only through files.
+
+======  ==============  ====================================  =====================================================
+stage   tasks           reads                                 writes
+======  ==============  ====================================  =====================================================
+1       one per group   the subsets' source files             ``.work/shards/SSS-FFFFFF/``: tokens, document
+        of sources                                            instances (record, repeat pass, FIM, span), counts
+2       1               the shards' counts and instances      ``.work/<run>/plan.json``: rows per subset, which
+                                                              chunk each row goes to, the dropped tails
+3       one per group   ``plan.json`` + the shards            ``chunks/chunk_N.bin`` + ``.pieces.npy`` and
+        of chunks                                             ``.work/<run>/written/chunk_N.json`` (counts, sha256)
+4       1               ``plan.json`` + ``written/*.json``    ``manifest.json``
+======  ==============  ====================================  =====================================================
+
+Each stage is a :class:`datatrove.pipeline.base.PipelineStep` whose task ``rank`` of ``world_size`` does a fixed
+share of the work (sources ``rank::world_size``, chunks ``rank::world_size``), so the output is the same bytes
+whatever the executor (local, Slurm, Ray) and however many tasks or workers run it. A task writes its files
+under temporary names and renames them into place, and datatrove records finished tasks, so a rerun after a crash
+or a kill redoes only the unfinished ones. A task's memory is bounded by its own share: a tokenize task streams
+its files in blocks; a chunk task holds one chunk's provenance and copies its rows through a file on disk.
+
+How rows are dealt (stage 2): per subset, document instances are concatenated (repeat passes in order, each
+document ending in eos, no BOS; with ``tokenization: k2_release`` rows never cross a file) and cut into rows of
+``seq_len`` tokens; partial rows are dropped and accounted for. Row ``i`` of subset ``s`` goes to chunk
+``(i + offset_s) % N``, ``offset_s`` being the number of rows dealt before subset ``s``: every subset is spread
+evenly (per-subset chunk row counts differ by at most 1). Stage 3 shuffles each chunk with its own seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datatrove.pipeline.base import PipelineStep
+
+from .config import DataConfig, DataConfigError
+from .format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PIECE_DTYPE,
+    chunk_file,
+    chunk_order_permutation,
+    pieces_file,
+    remove_unlisted,
+    sha256_file,
+)
+from .shards import ShardJob, build_shard, load_shard, shard_is_done
+
+logger = logging.getLogger(__name__)
+
+PLAN = "plan.json"
+WRITTEN = "written"
+ROW_BLOCK = 1024  # rows copied at a time when a chunk is shuffled into its final file
+
+
+@dataclass
+class PrepareRun:
+    """What every task of one preparation needs (picklable: executors ship it to their workers)."""
+
+    config: DataConfig
+    jobs: list[ShardJob]
+    out: str
+    run_dir: str  # .work/run-<fingerprint>: plan, per-chunk results, executor logs
+    dtype: str
+    tokenizer: dict  # manifest["tokenizer"]
+
+    @property
+    def plan_path(self) -> Path:
+        return Path(self.run_dir) / PLAN
+
+    def written_path(self, chunk: int) -> Path:
+        return Path(self.run_dir) / WRITTEN / f"chunk_{chunk:05d}.json"
+
+
+# ---------------------------------------------------------------- stage 1: tokenize
+class TokenizeStep(PipelineStep):
+    """Tokenize this task's share of the sources into shards (finished shards are kept and reused)."""
+
+    name = "k2hf tokenize"
+    type = "k2hf"
+
+    def __init__(self, run: PrepareRun) -> None:
+        super().__init__()
+        self.run_spec = run
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for job in self.run_spec.jobs[rank::world_size]:
+            if not shard_is_done(job):
+                stats = build_shard(job)
+                self.stat_update("documents", value=stats["records_read"])
+                self.stat_update("tokens", value=stats["tokens"])
+        yield from ()
+
+
+# ---------------------------------------------------------------- stage 2: plan
+class PlanStep(PipelineStep):
+    """One small task: rows per subset, their chunks, and the accounting of what is dropped."""
+
+    name = "k2hf plan"
+    type = "k2hf"
+
+    def __init__(self, run: PrepareRun) -> None:
+        super().__init__()
+        self.run_spec = run
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if rank == 0:
+            plan = make_plan(self.run_spec)
+            _write_json_atomic(self.run_spec.plan_path, plan)
+        yield from ()
+
+
+def _instances(job: ShardJob, repeat_pass: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's document instances of one repeat pass in packing order, and where each one's tokens end within
+    the pass (both memory-mapped: a lookup reads only the pages it needs)."""
+    meta = json.loads((Path(job.out_dir) / "meta.json").read_text())
+    lo = sum(p["instances"] for p in meta["passes"][:repeat_pass])
+    hi = lo + meta["passes"][repeat_pass]["instances"]
+    table = np.load(Path(job.out_dir) / "instances.npy", mmap_mode="r")
+    ends = np.load(Path(job.out_dir) / "ends.npy", mmap_mode="r")
+    return table[lo:hi], ends[lo:hi]
+
+
+def make_plan(run: PrepareRun) -> dict:
+    """Per subset: its token streams (one, or one per file and pass for ``k2_release``), rows, chunk offset and
+    report. Reads the shards' counts, and of the instance tables only the stretch a dropped partial row falls in."""
+    config = run.config
+    n, seq_len = config.num_chunks, config.seq_len
+    subsets, dealt = [], 0
+    for s_index, subset in enumerate(config.subsets):
+        mine = [(j, job) for j, job in enumerate(run.jobs) if job.subset_index == s_index]
+        segments = [(p, j, job) for p in range(math.ceil(subset.repeat)) for j, job in mine]
+        streams = [segments] if config.tokenization == "default" else [[s] for s in segments]
+        counts = {"rows": 0, "instances": 0, "fim": 0, "first_pass": 0, "tail_tokens": 0, "tail_instances": 0,
+                  "tail_fim": 0, "tail_first_pass": 0}
+        stream_plans = []
+        for stream in streams:
+            stream_plans.append(_plan_stream(stream, seq_len, counts["rows"], counts))
+        offset = dealt % n
+        dealt += counts["rows"]
+        stats = [json.loads((Path(job.out_dir) / "meta.json").read_text()) for _, job in mine]
+        subsets.append({
+            "offset": offset,
+            "rows": counts["rows"],
+            "streams": stream_plans,
+            "report": _subset_report(
+                subset, [job.source for _, job in mine], stats, rows=counts["rows"],
+                instances=counts["instances"] - counts["tail_instances"],
+                fim_instances=counts["fim"] - counts["tail_fim"], tokens_packed=counts["rows"] * seq_len,
+                tail_tokens=counts["tail_tokens"], documents_packed=counts["first_pass"] - counts["tail_first_pass"],
+                dropped_docs=counts["tail_first_pass"]),
+        })
+    return {"seq_len": seq_len, "num_chunks": n, "subsets": subsets}
+
+
+def _plan_stream(stream: list[tuple[int, int, ShardJob]], seq_len: int, row_start: int, counts: dict) -> dict:
+    """One token stream: its segments (a shard's instances of one pass), rows, and the dropped partial row."""
+    segments, total = [], 0
+    for repeat_pass, j, job in stream:  # counts only: the shards' meta.json
+        this = json.loads((Path(job.out_dir) / "meta.json").read_text())["passes"][repeat_pass]
+        segments.append({"job": j, "pass": repeat_pass, "token_start": total, "tokens": this["tokens"]})
+        counts["instances"] += this["instances"]
+        counts["fim"] += this["fim"]
+        counts["first_pass"] += this["instances"] if repeat_pass == 0 else 0
+        total += this["tokens"]
+    rows = total // seq_len
+    cut = rows * seq_len
+    for segment, (repeat_pass, _, job) in zip(segments, stream):
+        if segment["token_start"] + segment["tokens"] <= cut:
+            continue
+        table, ends = _instances(job, repeat_pass)  # instances starting in the dropped partial row: dropped whole
+        starts = segment["token_start"] + np.asarray(ends) - table["length"]
+        dropped = starts >= cut
+        counts["tail_instances"] += int(dropped.sum())
+        counts["tail_fim"] += int(np.count_nonzero(table["fim"][dropped]))
+        counts["tail_first_pass"] += int(dropped.sum()) if repeat_pass == 0 else 0
+    counts["rows"] += rows
+    counts["tail_tokens"] += total - cut
+    return {"row_start": row_start, "rows": rows, "segments": segments}
+
+
+def _subset_report(subset, sources: list[str], stats: list[dict], *, rows: int, instances: int, fim_instances: int,
+                   tokens_packed: int, tail_tokens: int, documents_packed: int, dropped_docs: int) -> dict:
+    """Per-subset counts; ``documents_read == documents_packed + sum(documents_skipped)`` is checked by verify."""
+    skipped: dict[str, int] = {}
+    for s in stats:
+        for reason, count in s["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    not_sampled = sum(s["not_sampled"] for s in stats)
+    if not_sampled:
+        skipped["not_sampled"] = not_sampled
+    if dropped_docs:
+        skipped["incomplete_final_row"] = dropped_docs
+    return {
+        "name": subset.name,
+        "sources": sources,
+        "repeat": subset.repeat,
+        "fim": subset.fim,
+        "documents_read": sum(s["records_read"] for s in stats),
+        "documents_packed": documents_packed,
+        "documents_skipped": skipped,
+        "skip_examples": [e for s in stats for e in s["skip_examples"]][:10],
+        "instances_packed": instances,
+        "fim_instances": fim_instances,
+        "rows": rows,
+        "tokens": tokens_packed,
+        "tail_tokens_dropped": tail_tokens,
+    }
+
+
+# ---------------------------------------------------------------- stage 3: write chunks
+class WriteChunksStep(PipelineStep):
+    """Assemble, shuffle and write this task's share of the chunks."""
+
+    name = "k2hf write chunks"
+    type = "k2hf"
+
+    def __init__(self, run: PrepareRun) -> None:
+        super().__init__()
+        self.run_spec = run
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        run = self.run_spec
+        plan = json.loads(run.plan_path.read_text())
+        chunks = range(rank, run.config.num_chunks, world_size)
+        for chunk in chunks:
+            result_path = run.written_path(chunk)
+            if result_path.is_file():  # written by an earlier, interrupted attempt of this task
+                continue
+            result = _ChunkAssembler(run, plan, chunk).write()
+            self.stat_update("rows", value=result["rows"])
+            _write_json_atomic(result_path, result)
+        yield from ()
+
+
+class _ChunkAssembler:
+    """Collects chunk ``chunk``'s rows (subsets in order, each subset's rows in order), then shuffles them."""
+
+    def __init__(self, run: PrepareRun, plan: dict, chunk: int) -> None:
+        self.run, self.plan, self.chunk = run, plan, chunk
+        self.seq_len = plan["seq_len"]
+        self.dtype = np.dtype(run.dtype)
+        self._segments: OrderedDict = OrderedDict()  # recent segments: tokens, instances, ends (memory maps)
+
+    def write(self) -> dict:
+        out = Path(self.run.out)
+        (out / "chunks").mkdir(parents=True, exist_ok=True)
+        token_path, piece_path = out / chunk_file(self.chunk), out / pieces_file(self.chunk)
+        rows_tmp = token_path.with_name(token_path.name + ".rows.tmp")
+        pieces: list[tuple] = []
+        subset_rows = {}
+        rows = 0
+        row = np.empty(self.seq_len, np.uint32)
+        with open(rows_tmp, "wb") as handle:
+            for s_index, subset in enumerate(self.plan["subsets"]):
+                mine = range((self.chunk - subset["offset"]) % self.plan["num_chunks"], subset["rows"],
+                             self.plan["num_chunks"])
+                for i in mine:
+                    for piece in self._fill_row(s_index, subset, i, row):
+                        pieces.append((rows, *piece))
+                    handle.write(row.astype(self.dtype).tobytes())
+                    rows += 1
+                subset_rows[self.run.config.subsets[s_index].name] = len(mine)
+        order = chunk_order_permutation(rows, self.run.config.seed, self.chunk)
+        with open(token_path.with_name(token_path.name + ".tmp"), "wb") as f:
+            if rows:
+                dealt = np.memmap(rows_tmp, dtype=self.dtype, mode="r").reshape(rows, self.seq_len)
+                for i in range(0, rows, ROW_BLOCK):
+                    f.write(np.ascontiguousarray(dealt[order[i : i + ROW_BLOCK]]).tobytes())
+                del dealt
+        table = np.array(pieces, dtype=PIECE_DTYPE) if pieces else np.zeros(0, PIECE_DTYPE)
+        if rows:
+            new_row = np.empty(rows, np.int64)
+            new_row[order] = np.arange(rows)
+            table["row"] = new_row[table["row"]]
+            table = table[np.lexsort((table["pos"], table["row"]))]
+        with open(piece_path.with_name(piece_path.name + ".tmp"), "wb") as f:
+            np.save(f, table)
+        os.replace(token_path.with_name(token_path.name + ".tmp"), token_path)
+        os.replace(piece_path.with_name(piece_path.name + ".tmp"), piece_path)
+        rows_tmp.unlink()
+        return {"index": self.chunk, "rows": rows, "subset_rows": subset_rows, "sha256": sha256_file(token_path),
+                "pieces_sha256": sha256_file(piece_path)}
+
+    def _fill_row(self, s_index: int, subset: dict, i: int, row: np.ndarray) -> list[tuple]:
+        """Copy row ``i`` of the subset into ``row``; returns its pieces (pos, length, subset, source, record,
+        pass, fim, offset in the document)."""
+        streams = subset["streams"]
+        stream = streams[int(np.searchsorted([s["row_start"] for s in streams], i, side="right")) - 1]
+        position = (i - stream["row_start"]) * self.seq_len  # token position in the stream
+        segments = stream["segments"]
+        k = int(np.searchsorted([s["token_start"] for s in segments], position, side="right")) - 1
+        fill, pieces = 0, []
+        while fill < self.seq_len:
+            segment = segments[k]
+            tokens, table, ends = self._segment(segment)
+            inside = position - segment["token_start"]
+            if inside >= segment["tokens"]:
+                k += 1
+                continue
+            n = int(np.searchsorted(ends, inside, side="right"))
+            offset = inside - int(ends[n] - table["length"][n])
+            take = min(int(table["length"][n]) - offset, self.seq_len - fill)
+            start = int(table["start"][n]) + offset
+            row[fill : fill + take] = tokens[start : start + take]
+            job = self.run.jobs[segment["job"]]
+            pieces.append((fill, take, s_index, job.source_index, int(table["record"][n]), segment["pass"],
+                           int(table["fim"][n]), offset))
+            fill += take
+            position += take
+        return pieces
+
+    def _segment(self, segment: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (segment["job"], segment["pass"])
+        if key not in self._segments:
+            job = self.run.jobs[segment["job"]]
+            tokens = load_shard(job.out_dir)[0]
+            self._segments[key] = (tokens, *_instances(job, segment["pass"]))
+            if len(self._segments) > 4:
+                self._segments.popitem(last=False)
+        return self._segments[key]
+
+
+# ---------------------------------------------------------------- stage 4: manifest
+class ManifestStep(PipelineStep):
+    """One small task: the manifest (counts, reconciliation, sha256 of every file)."""
+
+    name = "k2hf manifest"
+    type = "k2hf"
+
+    def __init__(self, run: PrepareRun) -> None:
+        super().__init__()
+        self.run_spec = run
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if rank == 0:
+            write_manifest(self.run_spec)
+        yield from ()
+
+
+def write_manifest(run: PrepareRun) -> dict:
+    """Gather the plan and every chunk's result into ``manifest.json``; remove files it does not list."""
+    config, out = run.config, Path(run.out)
+    plan = json.loads(run.plan_path.read_text())
+    results = [json.loads(run.written_path(c).read_text()) for c in range(config.num_chunks)]
+    chunks = [
+        {"index": c, "file": chunk_file(c), "pieces_file": pieces_file(c), "tokens": r["rows"] * config.seq_len,
+         "subset_rows": r["subset_rows"], "rows": r["rows"], "sha256": r["sha256"],
+         "pieces_sha256": r["pieces_sha256"]}
+        for c, r in enumerate(results)
+    ]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config": config.data_dict(),  # how it ran is left out: the same bytes whatever the executor
+        "seq_len": config.seq_len,
+        "dtype": run.dtype,
+        "num_chunks": config.num_chunks,
+        "chunk_order": config.resolved_order(),
+        "total_rows": int(sum(c["rows"] for c in chunks)),
+        "subsets": [s["report"] for s in plan["subsets"]],
+        "chunks": chunks,
+        "tokenizer": run.tokenizer,
+    }
+    if manifest["total_rows"] == 0:
+        tokens = ", ".join(f"{s['name']} {s['tail_tokens_dropped']} tokens from {s['documents_read']} documents"
+                           for s in manifest["subsets"])
+        raise DataConfigError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
+                              "lower seq_len")
+    _write_json_atomic(out / MANIFEST, manifest)
+    stale = remove_unlisted(out, manifest)
+    if stale:
+        logger.info("removed %d files of an earlier preparation in %s that the new manifest does not list",
+                    len(stale), out)
+    return manifest
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+STAGES = (("tokenize", TokenizeStep), ("plan", PlanStep), ("write", WriteChunksStep), ("manifest", ManifestStep))
