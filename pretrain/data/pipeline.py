@@ -28,6 +28,7 @@ evenly (per-subset chunk row counts differ by at most 1). Stage 3 shuffles each 
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -248,6 +249,7 @@ class _ChunkAssembler:
         self.seq_len = plan["seq_len"]
         self.dtype = np.dtype(run.dtype)
         self._segments: OrderedDict = OrderedDict()  # recent segments: tokens, instances, ends (memory maps)
+        self._starts: dict[int, list[int]] = {}
 
     def write(self) -> dict:
         out = Path(self.run.out)
@@ -293,36 +295,46 @@ class _ChunkAssembler:
         """Copy row ``i`` of the subset into ``row``; returns its pieces (pos, length, subset, source, record,
         pass, fim, offset in the document)."""
         streams = subset["streams"]
-        stream = streams[int(np.searchsorted([s["row_start"] for s in streams], i, side="right")) - 1]
+        stream = streams[bisect.bisect_right([s["row_start"] for s in streams], i) - 1]
         position = (i - stream["row_start"]) * self.seq_len  # token position in the stream
         segments = stream["segments"]
-        k = int(np.searchsorted([s["token_start"] for s in segments], position, side="right")) - 1
+        k = bisect.bisect_right(self._token_starts(stream), position) - 1
         fill, pieces = 0, []
         while fill < self.seq_len:
             segment = segments[k]
-            tokens, table, ends = self._segment(segment)
             inside = position - segment["token_start"]
             if inside >= segment["tokens"]:
                 k += 1
                 continue
-            n = int(np.searchsorted(ends, inside, side="right"))
-            offset = inside - int(ends[n] - table["length"][n])
-            take = min(int(table["length"][n]) - offset, self.seq_len - fill)
-            start = int(table["start"][n]) + offset
+            tokens, ends, lengths, starts, records, fims = self._segment(segment)
+            n = int(ends.searchsorted(inside, side="right"))
+            length = int(lengths[n])
+            offset = inside - (int(ends[n]) - length)
+            take = min(length - offset, self.seq_len - fill)
+            start = int(starts[n]) + offset
             row[fill : fill + take] = tokens[start : start + take]
-            job = self.run.jobs[segment["job"]]
-            pieces.append((fill, take, s_index, job.source_index, int(table["record"][n]), segment["pass"],
-                           int(table["fim"][n]), offset))
+            pieces.append((fill, take, s_index, self.run.jobs[segment["job"]].source_index, int(records[n]),
+                           segment["pass"], int(fims[n]), offset))
             fill += take
             position += take
         return pieces
 
-    def _segment(self, segment: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _token_starts(self, stream: dict) -> list[int]:
+        key = id(stream)
+        if key not in self._starts:
+            self._starts[key] = [s["token_start"] for s in stream["segments"]]
+        return self._starts[key]
+
+    def _segment(self, segment: dict) -> tuple[np.ndarray, ...]:
+        """Tokens, instance ends and instance fields of one segment: plain array views of the memory maps (indexing
+        a ``np.memmap`` builds a memmap object per element; a view reads the same pages)."""
         key = (segment["job"], segment["pass"])
         if key not in self._segments:
             job = self.run.jobs[segment["job"]]
-            tokens = load_shard(job.out_dir)[0]
-            self._segments[key] = (tokens, *_instances(job, segment["pass"]))
+            table, ends = _instances(job, segment["pass"])
+            table = np.asarray(table)
+            self._segments[key] = (np.asarray(load_shard(job.out_dir)[0]), np.asarray(ends), table["length"],
+                                   table["start"], table["record"], table["fim"])
             if len(self._segments) > 4:
                 self._segments.popitem(last=False)
         return self._segments[key]
