@@ -498,3 +498,27 @@ def test_ray_executor_gives_the_same_bytes(corpus, prepared, tmp_path):
 
         ray.shutdown()
     assert _tree_hashes(tmp_path / "ray") == _tree_hashes(data.path)
+
+
+def test_sources_by_fsspec_url_give_the_same_rows(corpus, prepared, tmp_path):
+    """Sources named by fsspec URL (fsspec's in-memory filesystem and file:// here; s3://, gs://, hf:// take the
+    same path through fsspec) give the same chunks as local paths, globs included."""
+    import fsspec
+
+    root, _ = corpus
+    data, _ = prepared
+    memory = fsspec.filesystem("memory")
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "tokenizer" not in path.parts:
+            memory.pipe(f"/k2hf-corpus/{path.relative_to(root).as_posix()}", path.read_bytes())
+    local = _config(root).to_dict()
+    subsets = [{**s, "paths": [f"memory://k2hf-corpus/{p}" if s["name"] != "wiki" else f"file://{root / p}"
+                               for p in s["paths"]]} for s in local["subsets"]]
+    manifest = prepare(data_config_from_dict({**local, "subsets": subsets}), tmp_path / "url", progress=False)
+    assert manifest["subsets"][0]["sources"] == ["memory:///k2hf-corpus/web/part0.jsonl",
+                                                 "memory:///k2hf-corpus/web/part1.jsonl"]
+    for ours, reference in zip(manifest["chunks"], data.manifest["chunks"]):
+        assert (ours["sha256"], ours["pieces_sha256"]) == (reference["sha256"], reference["pieces_sha256"])
+    for ours, reference in zip(manifest["subsets"], data.manifest["subsets"]):
+        assert {k: v for k, v in ours.items() if k != "sources"} == \
+            {k: v for k, v in reference.items() if k != "sources"}

@@ -173,10 +173,30 @@ def _validate_subset(subset: SubsetConfig, base_dir: str) -> None:
             raise DataConfigError(f"{where}: cannot tell the format of {file}; set `format:` ({FORMATS[:3]})")
 
 
+def is_url(path: str) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://bucket/x``, ``file:///x``) rather than a local path."""
+    return "://" in path
+
+
+def _resolve_url(subset: SubsetConfig, pattern: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern)
+    matched = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
+    matched = [m for m in matched if not fs.isdir(m)]
+    if not matched:
+        raise DataConfigError(f"subset {subset.name!r}: {pattern!r} matches no file")
+    return [fs.unstrip_protocol(m) for m in matched]
+
+
 def resolve_files(subset: SubsetConfig, base_dir: str) -> list[str]:
-    """The subset's files, globs expanded and sorted; every pattern must match something."""
+    """The subset's files (local paths, or fsspec URLs such as ``s3://bucket/web/*.jsonl``), globs expanded and
+    sorted; every pattern must match something."""
     files: list[str] = []
     for pattern in subset.paths:
+        if is_url(pattern):
+            files.extend(_resolve_url(subset, pattern))
+            continue
         full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
         matched = sorted(glob.glob(full, recursive=True))
         if not matched:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
-from .config import DataConfig, resolve_files
+from .config import DataConfig, is_url, resolve_files
 from .executors import (
     EXECUTORS,
     ExecutorError,
@@ -117,7 +117,7 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
         for f_index, source in enumerate(sources[subset.name]):
             stat = _stat_or_none(source)
             fingerprint = hashlib.sha256(json.dumps([
-                subset.__dict__, source, stat and [stat.st_size, stat.st_mtime_ns], tokenizer_hash, config.seed,
+                subset.__dict__, source, stat, tokenizer_hash, config.seed,
                 config.fim.__dict__, config.on_error, BLOCK_RECORDS, SHARD_FORMAT, FORMAT_VERSION, config.tokenization,
             ], sort_keys=True, default=str).encode()).hexdigest()
             jobs.append(ShardJob(
@@ -131,11 +131,19 @@ def _shard_jobs(config: DataConfig, sources: dict, tokenizer, tokenizer_hash: st
     return jobs
 
 
-def _stat_or_none(source: str) -> os.stat_result | None:
-    """File identity for the shard fingerprint; None for Hub sources and unreadable files (reported later)."""
+def _stat_or_none(source: str) -> list | None:
+    """File identity (size, modification time) for the shard fingerprint; None for Hub sources and unreadable files
+    (reported later)."""
     if source.startswith("hub:"):
         return None
     try:
-        return os.stat(source)
-    except OSError:
+        if is_url(source):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(source)
+            info = fs.info(path)
+            return [info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")]
+        stat = os.stat(source)
+        return [stat.st_size, stat.st_mtime_ns]
+    except (OSError, ValueError):
         return None

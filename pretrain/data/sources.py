@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SubsetConfig, file_format
+from .config import SubsetConfig, file_format, is_url
 
 SKIP_REASONS = ("malformed_json", "missing_text_field", "non_utf8", "empty_document", "unreadable_file")
 
@@ -42,10 +42,20 @@ def _check_text(source: str, index: int, value: Any, field: str) -> Record:
     return index, value
 
 
+def open_source(path: str):
+    """A local path, or any fsspec URL (``s3://``, ``gs://``, ``hf://``, ``https://`` ...), opened for binary
+    reading."""
+    if is_url(path):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(path, "rb")
+
+
 def read_jsonl(path: str, field: str) -> Iterator[Record]:
     """One JSON object per line; blank lines count as records (empty documents)."""
     try:
-        handle = open(path, "rb")
+        handle = open_source(path)
     except OSError as error:
         yield BadRecord(path, -1, "unreadable_file", str(error))
         return
@@ -73,7 +83,7 @@ def read_parquet(path: str, field: str, batch_size: int = 4096) -> Iterator[Reco
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(open_source(path))
     except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
         yield BadRecord(path, -1, "unreadable_file", str(error))
         return
@@ -91,7 +101,8 @@ def read_parquet(path: str, field: str, batch_size: int = 4096) -> Iterator[Reco
 def read_text(path: str) -> Iterator[Record]:
     """A plain-text file is one document."""
     try:
-        data = open(path, "rb").read()
+        with open_source(path) as handle:
+            data = handle.read()
     except OSError as error:
         yield BadRecord(path, -1, "unreadable_file", str(error))
         return
