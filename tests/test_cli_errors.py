@@ -55,6 +55,8 @@ def _cases(root, data):
         (["data", "prepare", "--config", missing, "--out", str(root / "d")], "does not exist"),
         (["data", "prepare", "--config", str(REPO_ROOT / "pretrain/configs/data/sample.yaml"), "--out",
           str(root / "d"), "--workers", "0"], "num_workers must be >= 1"),
+        (["data", "prepare", "--config", str(REPO_ROOT / "pretrain/configs/data/sample.yaml"), "--out",
+          str(root / "d"), "--executor", "slurm", "--dry-run"], "the slurm executor needs a partition"),
         (["data", "verify", str(root / "empty")], "has no manifest.json: not prepared data"),
         (["data", "inspect", str(data), "--chunk", "7", "--row", "0"], "chunk 7 does not exist"),
         (["data", "inspect", str(data), "--chunk", "0", "--row", "-1"], "row -1 does not exist"),

@@ -444,7 +444,8 @@ def test_finished_tasks_are_not_redone(corpus, tmp_path):
     (out / "manifest.json").unlink()
     prepare(_config(root), out, keep_work=True, progress=False, tasks=3)
     rewritten = {p.name for p in mtimes if p.stat().st_mtime_ns != mtimes[p]}
-    assert rewritten == {f"chunk_0000{c}.{e}" for c in (1, 4) for e in ("bin", "pieces.npy", "json")} | {"manifest.json"}
+    expected = {f"chunk_0000{c}.{e}" for c in (1, 4) for e in ("bin", "pieces.npy", "json")}
+    assert rewritten == expected | {"manifest.json"}
     assert _tree_hashes(out) == first
 
 
