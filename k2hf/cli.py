@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -52,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _data_prepare(args: argparse.Namespace) -> int:
     from .pretrain.data.config import load_data_config
     from .pretrain.data.executors import slurm_settings
-    from .pretrain.data.prepare import prepare
+    from .pretrain.data.prepare import prepare, work_dir_for
 
     config = load_data_config(args.config, on_error=args.on_error, num_workers=args.workers)
     slurm = {**config.slurm, **{k: v for k, v in (("partition", args.slurm_partition), ("time", args.slurm_time),
@@ -60,9 +59,10 @@ def _data_prepare(args: argparse.Namespace) -> int:
                                                   ("job_name", args.slurm_job_name), ("env_command", args.slurm_env))
                                 if v is not None}}
     manifest = prepare(config, args.out, keep_work=args.keep_work, executor=args.executor, tasks=args.tasks,
-                       slurm=slurm_settings(slurm), ray_address=args.ray_address, dry_run=args.dry_run)
+                       slurm=slurm_settings(slurm), ray_address=args.ray_address, dry_run=args.dry_run,
+                       work_dir=args.work_dir)
     if manifest is None:
-        run_dir = next(Path(args.out, ".work").glob("run-*"))
+        run_dir = next(work_dir_for(args.out, args.work_dir).glob("run-*"))
         if args.dry_run:
             for script in sorted((run_dir / "slurm").glob("*.slurm")):
                 print(f"# {script}\n{script.read_text()}")
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True)
     prep = data.add_parser("prepare", help="tokenize a mixture into evenly mixed, shuffled chunks")
     prep.add_argument("--config", required=True, help="data recipe YAML (e.g. pretrain/configs/data/sample.yaml)")
-    prep.add_argument("--out", required=True)
+    prep.add_argument("--out", required=True, help="a local dir or an fsspec URL (s3://bucket/k2-data)")
     prep.add_argument("--on-error", choices=["fail", "skip"], default=None, help="bad records: fail (default) or skip")
     prep.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                       help="who runs the pipeline (datatrove): this machine, a Slurm cluster, a Ray cluster")
@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dry-run", action="store_true", help="slurm: write and print the sbatch scripts only")
     prep.add_argument("--ray-address", help="ray: the cluster to join (default: a local Ray started here)")
     prep.add_argument("--keep-work", action="store_true", help="keep the tokenized shards after success")
+    prep.add_argument("--work-dir", help="shards, plan and task records (default: OUT/.work; for an s3:// ... OUT, "
+                      "./.k2hf-work/<hash>); must be shared by every task")
     prep.set_defaults(func=_data_prepare)
     verify = data.add_parser("verify", help="re-hash chunks and check the manifest's counts")
     verify.add_argument("dir")

@@ -523,3 +523,23 @@ def test_sources_by_fsspec_url_give_the_same_rows(corpus, prepared, tmp_path):
     for ours, reference in zip(manifest["subsets"], data.manifest["subsets"]):
         assert {k: v for k, v in ours.items() if k != "sources"} == \
             {k: v for k, v in reference.items() if k != "sources"}
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_output_to_an_fsspec_url_gives_the_same_bytes(corpus, prepared, tmp_path, scheme, monkeypatch):
+    """OUT as an fsspec URL: files are staged under the work dir and moved to OUT as each task ends, the
+    manifest last; the result is the local run's bytes. (memory:// lives in one process: one worker there.)"""
+    import fsspec
+
+    root, _ = corpus
+    data, _ = prepared
+    monkeypatch.chdir(tmp_path)  # the default work dir for a URL output is ./.k2hf-work/<hash>
+    url = f"file://{tmp_path / 'remote'}" if scheme == "file" else "memory://k2hf-out/run"
+    manifest = prepare(_config(root, num_workers=2 if scheme == "file" else 1), url, progress=False)
+    fs, base = fsspec.core.url_to_fs(url)
+    got = {p[len(base.rstrip("/")) + 1 :]: fs.cat_file(p) for p in fs.find(base)}
+    import hashlib
+
+    assert {rel: hashlib.sha256(blob).hexdigest() for rel, blob in got.items()} == _tree_hashes(data.path)
+    assert manifest == data.manifest
+    assert not (tmp_path / ".k2hf-work").exists() or not any((tmp_path / ".k2hf-work").iterdir())

@@ -15,6 +15,8 @@ from k2hf.errors import UserError
 from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
 from k2hf.release import ORDER_PRESETS, order_preset
 
+from .format import is_url
+
 FORMATS = ("jsonl", "parquet", "text", "hub")
 _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
 
@@ -171,11 +173,6 @@ def _validate_subset(subset: SubsetConfig, base_dir: str) -> None:
         file_format = subset.format or _EXTENSION_FORMATS.get(Path(file).suffix)
         if file_format is None:
             raise DataConfigError(f"{where}: cannot tell the format of {file}; set `format:` ({FORMATS[:3]})")
-
-
-def is_url(path: str) -> bool:
-    """Whether ``path`` is an fsspec URL (``s3://bucket/x``, ``file:///x``) rather than a local path."""
-    return "://" in path
 
 
 def _resolve_url(subset: SubsetConfig, pattern: str) -> list[str]:

@@ -80,3 +80,36 @@ def remove_unlisted(out: Path, manifest: dict) -> list[str]:
     for rel in stale:
         (out / rel).unlink()
     return stale
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://bucket/x``, ``file:///x``) rather than a local path."""
+    return "://" in str(path)
+
+
+def publish(stage: Path, out: str, rel: str) -> None:
+    """Move OUT-relative file ``rel`` from the local staging dir to an fsspec output URL (no-op for a local OUT,
+    where the staging dir is OUT itself)."""
+    if not is_url(out):
+        return
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    target = f"{root.rstrip('/')}/{rel}"
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(str(stage / rel), target)
+    (stage / rel).unlink()
+
+
+def remove_unlisted_remote(out: str, manifest: dict) -> list[str]:
+    """:func:`remove_unlisted` for an fsspec output URL."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    root = root.rstrip("/")
+    listed = listed_files(manifest) | {MANIFEST}
+    stale = [rel for rel in (p[len(root) + 1 :] for p in fs.find(root)) if rel not in listed
+             and not rel.startswith(("tokenizer/", ".work/"))]
+    for rel in stale:
+        fs.rm_file(f"{root}/{rel}")
+    return stale

@@ -47,8 +47,11 @@ from .format import (
     PIECE_DTYPE,
     chunk_file,
     chunk_order_permutation,
+    is_url,
     pieces_file,
+    publish,
     remove_unlisted,
+    remove_unlisted_remote,
     sha256_file,
 )
 from .shards import ShardJob, build_shard, load_shard, shard_is_done
@@ -66,8 +69,9 @@ class PrepareRun:
 
     config: DataConfig
     jobs: list[ShardJob]
-    out: str
-    run_dir: str  # .work/run-<fingerprint>: plan, per-chunk results, executor logs
+    out: str  # a local path, or an fsspec URL
+    stage: str  # where output files are written first: OUT itself when local, else a dir under the work dir
+    run_dir: str  # <work>/run-<fingerprint>: plan, per-chunk results, executor logs
     dtype: str
     tokenizer: dict  # manifest["tokenizer"]
 
@@ -252,7 +256,7 @@ class _ChunkAssembler:
         self._starts: dict[int, list[int]] = {}
 
     def write(self) -> dict:
-        out = Path(self.run.out)
+        out = Path(self.run.stage)
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         token_path, piece_path = out / chunk_file(self.chunk), out / pieces_file(self.chunk)
         rows_tmp = token_path.with_name(token_path.name + ".rows.tmp")
@@ -288,8 +292,11 @@ class _ChunkAssembler:
         os.replace(token_path.with_name(token_path.name + ".tmp"), token_path)
         os.replace(piece_path.with_name(piece_path.name + ".tmp"), piece_path)
         rows_tmp.unlink()
-        return {"index": self.chunk, "rows": rows, "subset_rows": subset_rows, "sha256": sha256_file(token_path),
-                "pieces_sha256": sha256_file(piece_path)}
+        result = {"index": self.chunk, "rows": rows, "subset_rows": subset_rows, "sha256": sha256_file(token_path),
+                  "pieces_sha256": sha256_file(piece_path)}
+        for rel in (chunk_file(self.chunk), pieces_file(self.chunk)):
+            publish(out, self.run.out, rel)
+        return result
 
     def _fill_row(self, s_index: int, subset: dict, i: int, row: np.ndarray) -> list[tuple]:
         """Copy row ``i`` of the subset into ``row``; returns its pieces (pos, length, subset, source, record,
@@ -359,7 +366,7 @@ class ManifestStep(PipelineStep):
 
 def write_manifest(run: PrepareRun) -> dict:
     """Gather the plan and every chunk's result into ``manifest.json``; remove files it does not list."""
-    config, out = run.config, Path(run.out)
+    config, stage = run.config, Path(run.stage)
     plan = json.loads(run.plan_path.read_text())
     results = [json.loads(run.written_path(c).read_text()) for c in range(config.num_chunks)]
     chunks = [
@@ -385,11 +392,12 @@ def write_manifest(run: PrepareRun) -> dict:
                            for s in manifest["subsets"])
         raise DataConfigError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
                               "lower seq_len")
-    _write_json_atomic(out / MANIFEST, manifest)
-    stale = remove_unlisted(out, manifest)
+    _write_json_atomic(stage / MANIFEST, manifest)
+    publish(stage, run.out, MANIFEST)  # last: the chunks it lists are in place
+    stale = remove_unlisted_remote(run.out, manifest) if is_url(run.out) else remove_unlisted(stage, manifest)
     if stale:
         logger.info("removed %d files of an earlier preparation in %s that the new manifest does not list",
-                    len(stale), out)
+                    len(stale), run.out)
     return manifest
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
-from .config import DataConfig, is_url, resolve_files
+from .config import DataConfig, resolve_files
 from .executors import (
     EXECUTORS,
     ExecutorError,
@@ -28,7 +28,7 @@ from .executors import (
     slurm_executors,
     slurm_settings,
 )
-from .format import FORMAT_VERSION, MANIFEST, sha256_file, token_dtype
+from .format import FORMAT_VERSION, MANIFEST, is_url, publish, sha256_file, token_dtype
 from .pipeline import PrepareRun
 from .shards import BLOCK_RECORDS, SHARD_FORMAT, ShardJob
 
@@ -56,12 +56,16 @@ def load_tokenizer(spec: str, base_dir: str, work_dir: Path):
 
 def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False, progress: bool = True, *,
             executor: str = "local", tasks: int | None = None, workers: int | None = None,
-            slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False) -> dict | None:
+            slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False,
+            work_dir: str | os.PathLike | None = None) -> dict | None:
     """Prepare ``config`` into ``out``; returns the manifest (``None`` where the work was only submitted: Slurm).
 
-    ``tasks`` caps the tasks per stage (default: one per source file and one per chunk); ``workers`` is how many
-    run at once (default: the recipe's ``num_workers``). ``dry_run`` (Slurm) writes and returns nothing but the
-    sbatch scripts under ``.work/``, printing where they are."""
+    ``out`` is a local path or an fsspec URL (``s3://bucket/k2-data``): files are written under the work dir
+    first and moved there as each task finishes, the manifest last. The work dir (tokenized shards, plan,
+    executor records) is ``out/.work`` for a local ``out``, else ``work_dir`` (default ``./.k2hf-work/<hash of
+    out>``); every task must be able to read and memory-map it. ``tasks`` caps the tasks per stage (default: one
+    per source file and one per chunk); ``workers`` is how many run at once (default: the recipe's
+    ``num_workers``). ``dry_run`` (Slurm) writes the sbatch scripts under the work dir and submits nothing."""
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
     workers = workers or config.num_workers
@@ -69,7 +73,7 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
         raise ExecutorError("--dry-run is for the slurm executor (it writes the sbatch scripts without submitting)")
     if tasks is not None and tasks < 1 or workers < 1:
         raise ExecutorError(f"tasks and workers must be >= 1 (got tasks={tasks}, workers={workers})")
-    run = plan_run(config, Path(out))
+    run = plan_run(config, str(out), work_dir)
     if executor == "local":
         run_local(run, tasks, workers, progress)
     elif executor == "ray":
@@ -85,25 +89,43 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
             return None
         executors[-1].run()  # submits every stage, each depending on the one before
         return None
-    manifest = json.loads((Path(out) / MANIFEST).read_text())
+    if is_url(out):
+        import fsspec
+
+        with fsspec.open(f"{str(out).rstrip('/')}/{MANIFEST}", "rt") as f:
+            manifest = json.load(f)
+    else:
+        manifest = json.loads((Path(out) / MANIFEST).read_text())
     if not keep_work:
-        shutil.rmtree(Path(out) / ".work")
+        shutil.rmtree(Path(run.run_dir).parent)
     return manifest
 
 
-def plan_run(config: DataConfig, out: Path) -> PrepareRun:
+def work_dir_for(out: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> Path:
+    """The work dir of a preparation into ``out`` (see :func:`prepare`)."""
+    if work_dir is not None:
+        return Path(work_dir)
+    if not is_url(out):
+        return Path(out) / ".work"
+    return Path(".k2hf-work") / hashlib.sha256(str(out).encode()).hexdigest()[:12]
+
+
+def plan_run(config: DataConfig, out: str, work_dir: str | os.PathLike | None = None) -> PrepareRun:
     """Tokenizer saved into ``out``, one job per source, and the run's fingerprinted work dir."""
-    work = out / ".work"
+    work = work_dir_for(out, work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    stage = work / "out" if is_url(out) else Path(out)
     tokenizer = load_tokenizer(config.tokenizer, config.base_dir, work)
-    save_tokenizer(tokenizer, out / "tokenizer")
-    tokenizer_hash = sha256_file(out / "tokenizer" / "tokenizer.json")
+    save_tokenizer(tokenizer, stage / "tokenizer")
+    tokenizer_hash = sha256_file(stage / "tokenizer" / "tokenizer.json")
+    for path in sorted((stage / "tokenizer").iterdir()):
+        publish(stage, out, f"tokenizer/{path.name}")
     sources = {s.name: (resolve_files(s, config.base_dir) if s.hub is None else [f"hub:{s.hub['path']}"])
                for s in config.subsets}
     jobs = _shard_jobs(config, sources, tokenizer, tokenizer_hash, work)
     inputs = [config.data_dict(), tokenizer_hash, FORMAT_VERSION, [j.fingerprint for j in jobs]]
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return PrepareRun(config=config, jobs=jobs, out=str(out), run_dir=str(work / f"run-{fingerprint}"),
+    return PrepareRun(config=config, jobs=jobs, out=out, stage=str(stage), run_dir=str(work / f"run-{fingerprint}"),
                       dtype=token_dtype(len(tokenizer)).name,
                       tokenizer={"sha256": tokenizer_hash, "vocab": len(tokenizer), "path": "tokenizer"})
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SubsetConfig, file_format, is_url
+from .config import SubsetConfig, file_format
+from .format import is_url
 
 SKIP_REASONS = ("malformed_json", "missing_text_field", "non_utf8", "empty_document", "unreadable_file")
 
