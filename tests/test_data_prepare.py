@@ -543,3 +543,14 @@ def test_output_to_an_fsspec_url_gives_the_same_bytes(corpus, prepared, tmp_path
     assert {rel: hashlib.sha256(blob).hexdigest() for rel, blob in got.items()} == _tree_hashes(data.path)
     assert manifest == data.manifest
     assert not (tmp_path / ".k2hf-work").exists() or not any((tmp_path / ".k2hf-work").iterdir())
+
+
+def test_a_given_work_dir_keeps_what_it_held(corpus, tmp_path):
+    """`--work-dir` may be a shared scratch dir: cleaning up removes only what the preparation wrote."""
+    root, _ = corpus
+    work = tmp_path / "scratch"
+    work.mkdir()
+    (work / "someone-elses.txt").write_text("keep me")
+    prepare(_config(root), tmp_path / "d", progress=False, work_dir=work)
+    assert [p.name for p in work.iterdir()] == ["someone-elses.txt"]
+    assert (tmp_path / "d" / "manifest.json").is_file() and not (tmp_path / "d" / ".work").exists()

@@ -97,8 +97,21 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
     else:
         manifest = json.loads((Path(out) / MANIFEST).read_text())
     if not keep_work:
-        shutil.rmtree(Path(run.run_dir).parent)
+        remove_work(Path(run.run_dir).parent)
     return manifest
+
+
+WORK_ENTRIES = ("shards", "sample-tokenizer", "out")  # besides run-<fingerprint> dirs: what a preparation writes
+
+
+def remove_work(work: Path) -> None:
+    """Delete what a preparation wrote in its work dir, and the dir if that leaves it empty (a ``--work-dir`` the
+    user gave may hold other things: they stay)."""
+    for entry in work.iterdir():
+        if entry.name in WORK_ENTRIES or entry.name.startswith("run-"):
+            shutil.rmtree(entry)
+    if not any(work.iterdir()):
+        work.rmdir()
 
 
 def work_dir_for(out: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> Path:
