@@ -18,30 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from itertools import chain
 from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from .tokenizer import BEGIN_OF_SYSTEM, BEGIN_OF_USER, END_OF_CHAT, END_OF_SYSTEM_PROMPT, encode_plain_text
+from .tokenizer import (  # noqa: F401 (the template helpers are re-exported: they install what this module encodes)
+    BEGIN_OF_SYSTEM,
+    BEGIN_OF_USER,
+    END_OF_CHAT,
+    END_OF_SYSTEM_PROMPT,
+    apply_chat_template_to,
+    encode_plain_text,
+    k2_chat_template,
+)
 
 Message = dict[str, Any]
-
-
-def k2_chat_template() -> str:
-    """The K2-Chat Jinja template (with ``{% generation %}`` markers around each reply and its eos)."""
-    return resources.files("k2hf").joinpath("templates/k2_chat.jinja").read_text(encoding="utf-8")
-
-
-def apply_chat_template_to(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Install the K2-Chat template on any K2 tokenizer (e.g. one loaded from a Hub K2 checkpoint); returns it."""
-    missing = [t for t in (END_OF_SYSTEM_PROMPT, BEGIN_OF_SYSTEM, BEGIN_OF_USER, END_OF_CHAT) if t not in tokenizer.get_vocab()]
-    if missing:
-        raise ValueError(f"not a K2 tokenizer: missing chat tokens {missing} (build one with k2hf.build_k2_tokenizer)")
-    tokenizer.chat_template = k2_chat_template()
-    return tokenizer
 
 
 class ConversationError(ValueError):

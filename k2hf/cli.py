@@ -255,8 +255,9 @@ def _spikes_analyze(args: argparse.Namespace) -> int:
     from .pretrain.config import SpikeSection
     from .pretrain.spikes import analyze, format_table
 
-    config = SpikeSection(window=args.window, threshold=args.threshold, min_delta=args.min_delta,
-                          recovery_steps=args.recovery_steps, malignant_steps=args.malignant_steps)
+    given = {"window": args.window, "threshold": args.threshold, "min_delta": args.min_delta,
+             "recovery_steps": args.recovery_steps, "malignant_steps": args.malignant_steps}
+    config = SpikeSection(**{k: v for k, v in given.items() if v is not None})  # defaults: SpikeSection's own
     spikes, png = analyze(args.source, config, args.out)
     print(format_table(spikes))
     if png:
@@ -265,7 +266,7 @@ def _spikes_analyze(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .pretrain.trainer import main as pretrain_main
+    from .pretrain.launch import main as pretrain_main
 
     return pretrain_main(["--config", args.config, "--set", *args.set])
 
@@ -406,11 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = spikes.add_parser("analyze", help="table + PNG of benign/malignant spikes of a run or a CSV/JSONL curve")
     analyze.add_argument("source", help="a pretraining run dir, or a CSV/JSONL with step, loss, grad_norm")
     analyze.add_argument("--out", help="PNG path (default: spikes.png beside the source)")
-    analyze.add_argument("--window", type=int, default=50)
-    analyze.add_argument("--threshold", type=float, default=6.0)
-    analyze.add_argument("--min-delta", type=float, default=0.1)
-    analyze.add_argument("--recovery-steps", type=int, default=20)
-    analyze.add_argument("--malignant-steps", type=int, default=100)
+    for flag, kind in (("--window", int), ("--threshold", float), ("--min-delta", float), ("--recovery-steps", int),
+                       ("--malignant-steps", int)):
+        analyze.add_argument(flag, type=kind, help="default: the pretraining recipe's `spikes:` default")
     analyze.set_defaults(func=_spikes_analyze)
 
     ev = sub.add_parser("eval", help="lm-evaluation-harness on a model (k2hf eval MODEL) or on every checkpoint "

@@ -61,7 +61,7 @@ def prepare_data(out: Path) -> dict[str, Path]:
 
 def pretrain(out: Path, data: dict[str, Path]) -> Path:
     from .pretrain.config import load_train_config
-    from .pretrain.trainer import run
+    from .pretrain.launch import run
 
     stage1_dir, stage2_dir = out / "pretrain" / "stage1", out / "pretrain" / "stage2"
     spikes = {"spikes.enabled": True, "spikes.window": 8, "spikes.malignant_steps": 4, "spikes.recovery_steps": 2,

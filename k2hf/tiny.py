@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .modeling import K2Config, K2ForCausalLM
-from .tokenizer import build_k2_tokenizer
+from .tokenizer import build_k2_tokenizer, padded_vocab_rows
 
 
 def train_tiny_sentencepiece(texts: Iterable[str], out_file: str | os.PathLike, vocab_size: int = 400) -> Path:
@@ -61,11 +61,6 @@ def build_tiny_tokenizer(work_dir: str | os.PathLike, texts: Iterable[str] | Non
     return build_k2_tokenizer(model_file)
 
 
-def padded_vocab_rows(num_tokens: int, multiple: int = 32) -> int:
-    """Embedding rows for ``num_tokens`` tokens, rounded up as K2 does (32022 tokens -> 32032 rows)."""
-    return -(-num_tokens // multiple) * multiple
-
-
 def build_tiny_k2(tokenizer, seed: int = 0, **config_overrides) -> K2ForCausalLM:
     """A randomly initialised tiny K2 sized for ``tokenizer`` (deterministic for a given seed)."""
     config = K2Config.tiny(vocab_size=padded_vocab_rows(len(tokenizer)), **config_overrides)
@@ -73,4 +68,4 @@ def build_tiny_k2(tokenizer, seed: int = 0, **config_overrides) -> K2ForCausalLM
     return K2ForCausalLM(config)
 
 
-__all__ = ["build_tiny_k2", "build_tiny_tokenizer", "padded_vocab_rows", "train_tiny_sentencepiece"]
+__all__ = ["build_tiny_k2", "build_tiny_tokenizer", "train_tiny_sentencepiece"]

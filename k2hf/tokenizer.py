@@ -18,6 +18,7 @@ import os
 import shutil
 import weakref
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,27 @@ PAD_ID = 0
 UNK_ID = 0
 
 
+def k2_chat_template() -> str:
+    """The K2-Chat Jinja template (with ``{% generation %}`` markers around each reply and its eos)."""
+    return resources.files("k2hf").joinpath("templates/k2_chat.jinja").read_text(encoding="utf-8")
+
+
+def apply_chat_template_to(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Install the K2-Chat template on any K2 tokenizer (e.g. one loaded from a Hub K2 checkpoint); returns it.
+    How conversations are encoded under it lives in :mod:`k2hf.chat_template`."""
+    chat_tokens = (END_OF_SYSTEM_PROMPT, BEGIN_OF_SYSTEM, BEGIN_OF_USER, END_OF_CHAT)
+    missing = [t for t in chat_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"not a K2 tokenizer: missing chat tokens {missing} (build one with k2hf.build_k2_tokenizer)")
+    tokenizer.chat_template = k2_chat_template()
+    return tokenizer
+
+
+def padded_vocab_rows(num_tokens: int, multiple: int = 32) -> int:
+    """Embedding rows for ``num_tokens`` tokens, rounded up as K2 does (32022 tokens -> 32032 rows)."""
+    return -(-num_tokens // multiple) * multiple
+
+
 def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, chat_template: bool = True):
     """Build K2's fast tokenizer from a LLaMA-style SentencePiece BPE tokenizer.
 
@@ -105,8 +127,6 @@ def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, chat_t
     if sp_model is not None:
         tokenizer.vocab_file = str(sp_model)  # what from_pretrained sets when tokenizer.model sits beside the json
     if chat_template:
-        from .chat_template import apply_chat_template_to
-
         apply_chat_template_to(tokenizer)
     return tokenizer
 
@@ -281,6 +301,7 @@ __all__ = [
     "PlainTextEncoder",
     "build_k2_tokenizer",
     "encode_plain_text",
+    "padded_vocab_rows",
     "plain_text_encoder",
     "save_tokenizer",
     "sentencepiece_model_of",

@@ -8,7 +8,7 @@ Relaunching the same command resumes from the newest complete checkpoint.
 
 import sys
 
-from k2hf.pretrain.trainer import main
+from k2hf.pretrain.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear
 
 from k2hf.checkpoints import chunk_checkpoint_name, step_checkpoint_name
 from k2hf.modeling import K2Config, K2ForCausalLM
-from k2hf.tiny import padded_vocab_rows
+from k2hf.tokenizer import padded_vocab_rows
 
 from .checkpointing import (
     TRAINER_STATE,
@@ -377,29 +377,3 @@ def _flat_config(tree: dict, prefix: str = "") -> dict:
         elif isinstance(value, (int, float, str, bool)):
             flat[name] = value
     return flat
-
-
-def run(config: TrainConfig) -> TrainerState:
-    """Build the trainer (with spike handling when enabled) and train."""
-    if config.spikes.enabled:
-        from .spikes import SpikeAwarePretrainer
-
-        return SpikeAwarePretrainer(config).train()
-    return Pretrainer(config).train()
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from k2hf.recipes import parse_overrides
-
-    from .config import load_train_config
-
-    parser = argparse.ArgumentParser(description="K2 pretraining (launch with `accelerate launch`).")
-    parser.add_argument("--config", required=True, help="pretraining recipe YAML")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override recipe values, e.g. optim.lr=3e-4 max_steps=100")
-    args = parser.parse_args(argv)
-    state = run(load_train_config(args.config, parse_overrides(args.set)))
-    print(f"finished at step {state.global_step}")
-    return 0

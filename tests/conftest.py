@@ -100,7 +100,8 @@ def train_tiny_run(data: Path, out: Path, **recipe_overrides) -> Path:
     import yaml
 
     from k2hf.pretrain.config import load_train_config
-    from k2hf.pretrain.trainer import reset_accelerate_state, run
+    from k2hf.pretrain.launch import run
+    from k2hf.pretrain.trainer import reset_accelerate_state
 
     recipe = {
         "data": str(data), "output_dir": str(out), "global_batch_tokens": 128, "micro_batch_size": 1,

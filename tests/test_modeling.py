@@ -119,6 +119,22 @@ def test_packed_documents_never_leak(attn, mode, use_cache):
             start += doc.shape[1]
 
 
+def test_stock_llama_still_leaks_across_packed_documents_with_the_default_cache():
+    """Records why K2 overrides mask sizing (``_cache_for_mask``): stock LlamaForCausalLM, same weights, packed
+    documents, ``use_cache`` left at its default, lets the second document attend to the first. When this test
+    fails, transformers has fixed it and the override can go."""
+    k2 = _model(seed=5, attn_implementation="sdpa")
+    llama = LlamaForCausalLM(k2_to_llama_config(k2.config)).eval()
+    llama.load_state_dict(k2.state_dict())
+    docs, packed, positions = _packed_batch()
+    with torch.no_grad():
+        stock = llama(input_ids=packed, position_ids=positions).logits[:, docs[0].shape[1] : -docs[2].shape[1]]
+        ours = k2(input_ids=packed, position_ids=positions).logits[:, docs[0].shape[1] : -docs[2].shape[1]]
+        alone = llama(input_ids=docs[1]).logits
+    assert (ours - alone).abs().max().item() <= 1e-5
+    assert (stock - alone).abs().max().item() > 1e-2  # the leak
+
+
 def test_packed_gradients_stay_inside_documents():
     """Loss on the last document gives zero gradient to the first document's embeddings."""
     model = _model(seed=6, attn_implementation="sdpa").train()

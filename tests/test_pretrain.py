@@ -157,7 +157,7 @@ def _reset_accelerate():
 
 
 def _train_in_process(recipe: Path, **overrides):
-    from k2hf.pretrain.trainer import run
+    from k2hf.pretrain.launch import run
 
     try:
         return run(load_train_config(recipe, overrides))

@@ -89,7 +89,8 @@ def data_dir(tmp_path_factory):
 
 
 def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
-    from k2hf.pretrain.trainer import reset_accelerate_state, run
+    from k2hf.pretrain.launch import run
+    from k2hf.pretrain.trainer import reset_accelerate_state
 
     recipe = {
         "data": str(data), "output_dir": str(tmp / name), "global_batch_tokens": 128, "micro_batch_size": 1,
