@@ -83,16 +83,21 @@ class PrepareRun:
         return Path(self.run_dir) / WRITTEN / f"chunk_{chunk:05d}.json"
 
 
-# ---------------------------------------------------------------- stage 1: tokenize
-class TokenizeStep(PipelineStep):
-    """Tokenize this task's share of the sources into shards (finished shards are kept and reused)."""
+class _PrepareStep(PipelineStep):
+    """A pipeline stage: every task carries the whole (picklable) run description."""
 
-    name = "k2hf tokenize"
     type = "k2hf"
 
     def __init__(self, run: PrepareRun) -> None:
         super().__init__()
         self.run_spec = run
+
+
+# ---------------------------------------------------------------- stage 1: tokenize
+class TokenizeStep(_PrepareStep):
+    """Tokenize this task's share of the sources into shards (finished shards are kept and reused)."""
+
+    name = "k2hf tokenize"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -105,15 +110,10 @@ class TokenizeStep(PipelineStep):
 
 
 # ---------------------------------------------------------------- stage 2: plan
-class PlanStep(PipelineStep):
+class PlanStep(_PrepareStep):
     """One small task: rows per subset, their chunks, and the accounting of what is dropped."""
 
     name = "k2hf plan"
-    type = "k2hf"
-
-    def __init__(self, run: PrepareRun) -> None:
-        super().__init__()
-        self.run_spec = run
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         if rank == 0:
@@ -221,15 +221,10 @@ def _subset_report(subset, sources: list[str], stats: list[dict], *, rows: int, 
 
 
 # ---------------------------------------------------------------- stage 3: write chunks
-class WriteChunksStep(PipelineStep):
+class WriteChunksStep(_PrepareStep):
     """Assemble, shuffle and write this task's share of the chunks."""
 
     name = "k2hf write chunks"
-    type = "k2hf"
-
-    def __init__(self, run: PrepareRun) -> None:
-        super().__init__()
-        self.run_spec = run
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         run = self.run_spec
@@ -348,15 +343,10 @@ class _ChunkAssembler:
 
 
 # ---------------------------------------------------------------- stage 4: manifest
-class ManifestStep(PipelineStep):
+class ManifestStep(_PrepareStep):
     """One small task: the manifest (counts, reconciliation, sha256 of every file)."""
 
     name = "k2hf manifest"
-    type = "k2hf"
-
-    def __init__(self, run: PrepareRun) -> None:
-        super().__init__()
-        self.run_spec = run
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         if rank == 0:
