@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k2hf.checkpoints import is_run_dir
+from k2hf.data_format import MANIFEST
 from k2hf.errors import UserError
-from k2hf.pretrain.data.format import MANIFEST
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import ORDER_PRESETS, order_preset
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from k2hf.checkpoints import CHUNK_CHECKPOINT, SPIKE_EVIDENCE, STEP_CHECKPOINT
 from k2hf.errors import UserError
+from k2hf.pretrain.monitoring import DATA_LOG
 from k2hf.pretrain.spikes import effective_data_sequence
-from k2hf.pretrain.trainer import DATA_LOG
 
 
 class RunRecordError(UserError):

@@ -31,11 +31,12 @@ from tqdm.auto import tqdm
 
 from k2hf.chat_template import encode_chats_arrays
 from k2hf.errors import UserError
+from k2hf.records import Rejection
 from k2hf.tokenizer import save_tokenizer
 
 from .mixture import sample_indices, target_count
 from .recipe import SFTRecipe
-from .sources import AdapterError, Rejected, read_rows, resolve_paths, to_conversation
+from .sources import read_rows, resolve_paths, to_conversation
 
 REPORT = "report.json"
 DATASET = "dataset"
@@ -76,13 +77,14 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
         rejected: Counter = Counter()
         examples: list[str] = []
         read = 0
-        for record, row in tqdm(read_rows(paths, spec.hub), desc=f"read {spec.name}", unit="conv", disable=not progress):
+        for record, item in tqdm(read_rows(paths, spec.hub), desc=f"read {spec.name}", unit="conv",
+                                 disable=not progress):
             read += 1
             try:
-                if isinstance(row, Rejected):
-                    raise AdapterError(row.reason, row.detail)
-                valid.append((record, to_conversation(spec.kind, row, spec.options)))
-            except AdapterError as error:
+                if isinstance(item, Rejection):
+                    raise item
+                valid.append((record, to_conversation(spec.kind, item[1], spec.options)))
+            except Rejection as error:
                 if recipe.strict:
                     where = f"source {spec.name!r} record {record + 1}"
                     raise StrictModeError(f"{where}: {error.reason}: {error}") from None

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from .records import Rejection
 from .tokenizer import (  # noqa: F401 (the template helpers are re-exported: they install what this module encodes)
     BEGIN_OF_SYSTEM,
     BEGIN_OF_USER,
@@ -37,12 +38,11 @@ from .tokenizer import (  # noqa: F401 (the template helpers are re-exported: th
 Message = dict[str, Any]
 
 
-class ConversationError(ValueError):
+class ConversationError(Rejection):
     """A conversation that the K2-Chat format cannot express; ``reason`` is a short code for reports."""
 
     def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
 
 
 def validate_conversation(messages: Sequence[Message]) -> None:

@@ -480,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
     args = parser.parse_args(argv)
+    from .console import configure_logging
     from .errors import UserError
+
+    configure_logging()
 
     try:
         return args.func(args)

@@ -6,7 +6,7 @@ Layout of ``<output_dir>/checkpoints/ckpt_007/`` (one per chunk; ``step_0001234/
   ``AutoModelForCausalLM.from_pretrained(ckpt)`` works on it directly;
 * ``training_state/``: ``accelerator.save_state`` output (optimizer, LR scheduler, every rank's RNG, and
   DeepSpeed's partitioned states);
-* ``trainer_state.json``: global step, data position and chunk order, written last.
+* ``trainer_state.json``: the trainer's counters and the data position's state, written last.
 
 Every rank writes into ``.ckpt_007.tmp``; rank 0 renames it into place only after all ranks finished. A crash
 during a save therefore leaves a ``.tmp`` dir that is never mistaken for a checkpoint, and the previous
@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from accelerate.logging import get_logger
 from accelerate.utils import is_compiled_module
 
 from k2hf.checkpoints import CHUNK_CHECKPOINT as _CHUNK
@@ -28,76 +28,96 @@ from k2hf.checkpoints import STEP_CHECKPOINT as _STEP
 from k2hf.checkpoints import TRAINER_STATE
 from k2hf.tokenizer import save_tokenizer
 
+from .config import CheckpointSection
+
 TRAINING_STATE_DIR = "training_state"
+logger = get_logger(__name__)  # accelerate's: rank 0 only
 
 
-@dataclass
-class TrainerState:
-    """Where training is: everything besides tensors that an exact resume needs."""
+class Checkpointer:
+    """Owns the run's checkpoints: atomic saves (a collective: every rank calls), retention, resume, rollback
+    targets. ``state`` is the JSON-able dict the trainer saves with each (its counters + the data position)."""
 
-    global_step: int = 0
-    tokens_seen: int = 0  # tokens of every optimizer step the model state went through
-    order: list[int] = field(default_factory=list)  # chunk training order (may change after a rollback)
-    order_pos: int = 0  # index into ``order`` of the chunk being consumed
-    step_in_chunk: int = 0  # optimizer steps already taken in that chunk
-    skipped_rows: dict[str, list[list[int]]] = field(default_factory=dict)  # chunk -> row ranges never trained on
-    rollbacks: int = 0
-    # changes made by loss-spike rollbacks (keys are chunk indices as strings, for JSON)
-    resume_steps: dict[str, int] = field(default_factory=dict)  # a deferred chunk restarts at this step
-    skip_steps: dict[str, list[list[int]]] = field(default_factory=dict)  # [start, end) step ranges not trained
-    reseeds: dict[str, list[int]] = field(default_factory=dict)  # [from_step, seed]: remaining rows re-shuffled
-    deferred: list[int] = field(default_factory=list)
-    data_log_lines: int | None = None  # lines of data_sequence.jsonl when this state was saved (resume cuts there)
+    def __init__(self, accelerator, model, tokenizer, root: Path, config: CheckpointSection) -> None:
+        self.accelerator, self.model, self.tokenizer = accelerator, model, tokenizer
+        self.root, self.config = root, config
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    def save(self, name: str, state: dict, root: Path | None = None) -> Path:
+        """Write checkpoint ``name`` atomically under ``root`` (default: the run's, which retention then trims)."""
+        acc, own = self.accelerator, root is None
+        root = self.root if own else root
+        final, tmp = root / name, root / f".{name}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / TRAINING_STATE_DIR))
+        model = self.model
+        if is_compiled_module(model):  # accelerate compiled it around the (DDP-)wrapped model: save its own names
+            model = model._orig_mod
+        state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 partitions; collective
+        if acc.is_main_process:
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            if self.tokenizer is not None:
+                save_tokenizer(self.tokenizer, tmp)
+            _write_synced(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            if own:
+                apply_retention(root, self.config.keep_chunk_checkpoints, self.config.keep_step_checkpoints,
+                                protect={name})
+        acc.wait_for_everyone()
+        return final
 
-    @classmethod
-    def from_json(cls, text: str) -> "TrainerState":
-        return cls(**json.loads(text))
+    def resume(self) -> tuple[Path, dict] | None:
+        """Remove partial saves of a crash, then load the newest complete checkpoint: ``(path, state)`` or None."""
+        if self.accelerator.is_main_process:
+            removed = clean_partial_saves(self.root)
+            if removed:
+                logger.warning("removed partial checkpoint saves from a crash: %s", removed)
+        self.accelerator.wait_for_everyone()
+        path = latest_checkpoint(self.root)
+        return (path, self.load(path)) if path is not None else None
+
+    def load(self, path: Path) -> dict:
+        """Restore model, optimizer, schedule and RNG from ``path``; returns its saved trainer state."""
+        self.accelerator.load_state(str(path / TRAINING_STATE_DIR))
+        return read_state(path)
+
+    def last_before(self, step: int) -> Path | None:
+        """The newest complete checkpoint saved before global step ``step`` (a rollback target)."""
+        candidates = [path for saved, path in complete_checkpoints(self.root) if saved < step]
+        return candidates[-1] if candidates else None
+
+    def supersede_after(self, step: int, into: Path) -> None:
+        """Move the checkpoints saved after ``step`` (a diverged timeline) into ``into/superseded``, so that
+        neither a resume nor a reader takes them for the run's own."""
+        if self.accelerator.is_main_process:
+            for saved, path in complete_checkpoints(self.root):
+                if saved > step:
+                    (into / "superseded").mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(path), str(into / "superseded" / path.name))
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / TRAINER_STATE).read_text())
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """``(global_step, path)`` of every complete checkpoint under ``root``, oldest first."""
-    found = []
     if not root.is_dir():
-        return found
-    for path in root.iterdir():
-        if (_CHUNK.match(path.name) or _STEP.match(path.name)) and (path / TRAINER_STATE).is_file():
-            state = TrainerState.from_json((path / TRAINER_STATE).read_text())
-            found.append((state.global_step, path))
+        return []
+    found = [(read_state(p)["global_step"], p) for p in root.iterdir()
+             if (_CHUNK.match(p.name) or _STEP.match(p.name)) and (p / TRAINER_STATE).is_file()]
     return sorted(found, key=lambda item: (item[0], item[1].name))
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     found = complete_checkpoints(root)
     return found[-1][1] if found else None
-
-
-def save_checkpoint(accelerator, model, tokenizer, state: TrainerState, root: Path, name: str) -> Path:
-    """Write checkpoint ``name`` atomically (collective: every rank must call it)."""
-    final, tmp = root / name, root / f".{name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / TRAINING_STATE_DIR))
-    if is_compiled_module(model):  # accelerate compiled it around the (DDP-)wrapped model: save its own names
-        model = model._orig_mod
-    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions; collective
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
-        _write_synced(tmp / TRAINER_STATE, state.to_json())
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def _write_synced(path: Path, text: str) -> None:

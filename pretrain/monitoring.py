@@ -8,8 +8,11 @@ from pathlib import Path
 
 import torch
 
+DATA_LOG = "data_sequence.jsonl"  # every step's chunk and rows, and every event
 METRICS = "metrics.jsonl"
 ROLLED_BACK = "metrics_rolled_back.jsonl"  # steps a spike rollback took back, each tagged with its `rollback` number
+SPIKES_LOG = "spikes.jsonl"
+CURVES = "training_curves.png"
 
 # dense bf16 peak TFLOP/s per device, for MFU when `log.peak_tflops` is not given
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L40S": 362.0}
@@ -80,6 +83,44 @@ class JsonlLog:
 
     def read(self) -> list[dict]:
         return [json.loads(line) for line in self._lines()]
+
+
+class RunLogs:
+    """The record files of one run, written by rank 0 (``enabled``) and readable by every rank."""
+
+    def __init__(self, output_dir: Path, enabled: bool) -> None:
+        self.dir, self.enabled = output_dir, enabled
+        self.data, self.metrics = JsonlLog(output_dir / DATA_LOG, enabled), JsonlLog(output_dir / METRICS, enabled)
+        self.rolled_back = JsonlLog(output_dir / ROLLED_BACK, enabled)  # kept: what rollbacks took back
+        self.spikes = JsonlLog(output_dir / SPIKES_LOG, enabled)
+
+    def start(self, order: list[int], data: str) -> None:
+        """A fresh start: nothing of an earlier, checkpoint-less try is kept."""
+        for log in (self.data, self.metrics, self.rolled_back, self.spikes):
+            log.truncate_to_lines(0)
+        self.data.append({"step": 0, "event": "start", "order": list(order), "data": data})
+
+    def resume(self, state: dict) -> None:
+        """Cut the logs back to what the checkpoint's ``state`` saw, so nothing is recorded twice."""
+        if state.get("data_log_lines") is not None:
+            self.data.truncate_to_lines(state["data_log_lines"])
+        else:  # checkpoints written before data_log_lines existed
+            self.data.truncate_after(state["global_step"])
+        self.metrics.truncate_after(state["global_step"])
+
+    def take_back(self, after_step: int, rollback: int) -> None:
+        """A rollback: the metrics after ``after_step`` leave the curve and are kept, tagged, in ``rolled_back``."""
+        for record in self.metrics.truncate_after(after_step):
+            self.rolled_back.append({**record, "rollback": rollback})
+
+    def metrics_upto(self, step: int) -> list[dict]:
+        return [r for r in self.metrics.read() if r["step"] <= step]
+
+    def plot(self, title: str) -> Path | None:
+        if not self.enabled:
+            return None
+        return plot_training_curves(self.metrics.read(), self.dir / CURVES, self.spikes.read(),
+                                    self.rolled_back.read(), title=title)
 
 
 def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | None = None,

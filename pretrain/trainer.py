@@ -1,24 +1,26 @@
 """K2 pretraining loop on accelerate (DeepSpeed ZeRO-2/3, FSDP2, DDP: chosen by the accelerate config alone).
 
-Data: rows are read straight from the prepared chunks (memory-mapped) in the manifest's chunk order; a global
-batch is ``global_rows`` consecutive rows of the current chunk, rank ``r`` taking its contiguous slice. The
-position is (chunk in order, step in chunk), so resuming seeks in O(1) and replays nothing. Rows of a chunk that
-do not fill a last global batch are never trained on and are logged as such.
-
-Every optimizer step appends the exact rows it consumed to ``data_sequence.jsonl``; after each chunk a
-checkpoint ``ckpt_NNN`` is written (see :mod:`.checkpointing`).
+The trainer wires components that each own one thing: :class:`~.position.DataPosition` (which rows each step and
+rank trains on, and where the run is), :class:`~.checkpointing.Checkpointer` (atomic saves, retention, resume,
+rollback targets), :class:`~.monitoring.RunLogs` (the data-sequence log, metrics, curves) and, when enabled, the
+:class:`~.spikes.SpikeMonitor` callback, whose actions (rollback with a policy, halt) it carries out through the
+components' public methods. Every optimizer step appends the exact rows it consumed to ``data_sequence.jsonl``;
+after each chunk a checkpoint ``ckpt_NNN`` is written.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -27,33 +29,27 @@ from k2hf.checkpoints import chunk_checkpoint_name, step_checkpoint_name
 from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tokenizer import padded_vocab_rows
 
-from .checkpointing import (
-    TRAINER_STATE,
-    TRAINING_STATE_DIR,
-    TrainerState,
-    apply_retention,
-    clean_partial_saves,
-    latest_checkpoint,
-    save_checkpoint,
-)
+from .checkpointing import Checkpointer
 from .config import BatchGeometry, TrainConfig, TrainConfigError, batch_geometry
 from .data.reader import PreparedData
-from .monitoring import (
-    METRICS,
-    ROLLED_BACK,
-    JsonlLog,
-    device_peak_tflops,
-    flops_per_token,
-    peak_memory_gb,
-    plot_training_curves,
-)
+from .monitoring import RunLogs, device_peak_tflops, flops_per_token, peak_memory_gb
+from .position import DataPosition, Step, poisoned_chunk
+from .spikes import SpikeAction, SpikeMonitor
 
-DATA_LOG = "data_sequence.jsonl"
-CURVES = "training_curves.png"
+logger = get_logger(__name__)  # accelerate's: rank 0 only
+
+
+@dataclass
+class Progress:
+    """The loop's counters (saved with the data position in ``trainer_state.json``)."""
+
+    global_step: int = 0
+    tokens_seen: int = 0  # tokens of every optimizer step the model state went through
+    rollbacks: int = 0
 
 
 class Pretrainer:
-    """Owns the accelerator, model, optimizer, schedule and data position of one run."""
+    """Owns the accelerator, model, optimizer and schedule of one run, and the loop that wires the components."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -79,16 +75,15 @@ class Pretrainer:
         self.geometry = batch_geometry(config, self.data.seq_len, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = self.geometry.grad_accum
         self._configure_deepspeed(self.geometry)
-        self.ckpt_root = self.output_dir / "checkpoints"
-        is_main = self.accelerator.is_main_process
-        self.data_log = JsonlLog(self.output_dir / DATA_LOG, is_main)  # every step's chunk and rows, and events
-        self.metrics = JsonlLog(self.output_dir / METRICS, is_main)
-        self.rolled_back = JsonlLog(self.output_dir / ROLLED_BACK, is_main)  # kept: what rollbacks took back
+        self.position = DataPosition(self.data, self.geometry, self.accelerator.process_index)
+        self.logs = RunLogs(self.output_dir, self.accelerator.is_main_process)
+        self.monitor = SpikeMonitor(config.spikes, config.seed) if config.spikes.enabled else None
+        self.progress = Progress()
+        self.halted = False
         self.tokenizer = self.data.tokenizer()
-        self.state = TrainerState(order=list(self.data.chunk_order))
-        self.total_steps = self._planned_steps(self.state.order)
+        self.total_steps = self.position.planned_steps(config.max_steps)
         if self.total_steps == 0:
-            rows = sorted({self.data.manifest["chunks"][c]["rows"] for c in self.state.order})
+            rows = sorted({self.data.manifest["chunks"][c]["rows"] for c in self.position.order})
             raise TrainConfigError(
                 f"this run has 0 planned steps: a step takes {self.geometry.global_rows} rows and the chunks hold "
                 f"{rows[0]}..{rows[-1]} rows: lower global_batch_tokens, or prepare more data"
@@ -105,13 +100,6 @@ class Pretrainer:
         ds["train_batch_size"] = geometry.global_rows
         ds["gradient_clipping"] = self.config.optim.grad_clip
         ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
-
-    def _planned_steps(self, order: list[int]) -> int:
-        steps = sum(self.steps_in_chunk(c) for c in order)
-        return min(steps, self.config.max_steps) if self.config.max_steps else steps
-
-    def steps_in_chunk(self, chunk: int) -> int:
-        return self.data.manifest["chunks"][chunk]["rows"] // self.geometry.global_rows
 
     def build_model(self) -> K2ForCausalLM:
         config = self.config
@@ -172,6 +160,19 @@ class Pretrainer:
             )
         return get_linear_schedule_with_warmup(optimizer, o.warmup_steps, self.total_steps)
 
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """What ``trainer_state.json`` holds: the counters, the data position, and the data log's length."""
+        return {**asdict(self.progress), **self.position.state_dict(), "data_log_lines": self.logs.data.line_count()}
+
+    def load_state_dict(self, state: dict, rollback: bool = False) -> None:
+        rollbacks = self.progress.rollbacks
+        self.progress = Progress(**{k: state[k] for k in asdict(self.progress) if k in state})
+        self.position.load_state_dict(state, keep_deferred=rollback)
+        if rollback:
+            self.progress.rollbacks = rollbacks + 1
+        self.total_steps = self.position.planned_steps(self.config.max_steps)
+
     # ---------------------------------------------------------------- run
     def setup(self) -> None:
         model = self.build_model()
@@ -183,54 +184,33 @@ class Pretrainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            removed = clean_partial_saves(self.ckpt_root)
-            if removed:
-                self.accelerator.print(f"removed partial checkpoint saves from a crash: {removed}")
-        self.accelerator.wait_for_everyone()
-        resume = latest_checkpoint(self.ckpt_root)
-        if resume is not None:
-            self.accelerator.load_state(str(resume / TRAINING_STATE_DIR))
-            self.state = TrainerState.from_json((resume / TRAINER_STATE).read_text())
-            self.total_steps = self._planned_steps(self.state.order)
-            if self.accelerator.is_main_process:
-                if self.state.data_log_lines is not None:
-                    self.data_log.truncate_to_lines(self.state.data_log_lines)
-                else:  # checkpoints written before data_log_lines existed
-                    self.data_log.truncate_after(self.state.global_step)
-                self.metrics.truncate_after(self.state.global_step)
-            self.accelerator.print(f"resumed from {resume.name} at step {self.state.global_step}")
-        elif self.accelerator.is_main_process:  # a fresh start: nothing of an earlier, checkpoint-less try is kept
-            for log in (self.data_log, self.metrics, self.rolled_back):
-                log.truncate_to_lines(0)
-            self.data_log.append({"step": 0, "event": "start", "order": list(self.state.order),
-                                  "data": str(self.data.path.resolve())})
+        self.checkpointer = Checkpointer(self.accelerator, self.model, self.tokenizer, self.output_dir / "checkpoints",
+                                         self.config.checkpoint)
+        resumed = self.checkpointer.resume()
+        if resumed is not None:
+            path, state = resumed
+            self.load_state_dict(state)
+            self.logs.resume(state)
+            logger.info("resumed from %s at step %d", path.name, self.progress.global_step)
+        else:
+            self.logs.start(self.position.order, str(self.data.path.resolve()))
+        self.accelerator.wait_for_everyone()  # rank 0 may just have cut metrics.jsonl back for the resume
+        if self.monitor is not None:
+            self.monitor.prime(self.logs.metrics_upto(self.progress.global_step))
+        drill = self.config.spikes.drill_poison_chunk
+        if drill is not None and self.progress.rollbacks == 0:  # the drill's fault lasts until the first rollback
+            self.position.fault = poisoned_chunk(drill, self.data.manifest["tokenizer"]["vocab"], self.config.seed)
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
 
-    def rows_for_step(self, chunk: int, step_in_chunk: int) -> tuple[int, int, np.ndarray]:
-        """This rank's row indices for one step, plus the global (ordered) row range the whole step consumes."""
-        g = self.geometry
-        start = step_in_chunk * g.global_rows
-        rank = self.accelerator.process_index
-        key = (chunk, tuple(self.state.reseeds.get(str(chunk), ())))
-        if getattr(self, "_order_key", None) != key:
-            self._order_key = key
-            self._order = row_order(self.data.manifest["chunks"][chunk]["rows"], g.global_rows,
-                                    self.state.reseeds.get(str(chunk)))
-        mine = self._order[start + rank * g.rows_per_rank : start + (rank + 1) * g.rows_per_rank]
-        return start, start + g.global_rows, mine
-
-    def batch_rows(self, chunk: int, rows: np.ndarray) -> np.ndarray:
-        """Token rows for the given row indices (hook: the spike drill substitutes poison here)."""
-        return self.data.chunk(chunk).tokens[rows]
-
-    def train_step(self, chunk: int, rows: np.ndarray) -> tuple[float, float]:
+    def train_step(self, step: Step) -> tuple[float, float]:
         """One optimizer step over this rank's rows (gradient accumulation inside); returns (loss, grad norm)."""
         g = self.geometry
         losses = []
         grad_norm = None
         for i in range(g.grad_accum):
-            micro = rows[i * g.micro_batch_size : (i + 1) * g.micro_batch_size]
-            batch = torch.from_numpy(self.batch_rows(chunk, micro).astype(np.int64)).to(self.accelerator.device)
+            micro = step.mine[i * g.micro_batch_size : (i + 1) * g.micro_batch_size]
+            tokens = self.position.tokens(step.chunk, micro)
+            batch = torch.from_numpy(tokens.astype(np.int64)).to(self.accelerator.device)
             with self.accelerator.accumulate(self.model):
                 loss = self.model(input_ids=batch, labels=batch, use_cache=False).loss
                 self.accelerator.backward(loss)
@@ -244,107 +224,106 @@ class Pretrainer:
         norm = float(grad_norm) if grad_norm is not None else float("nan")
         return step_loss, norm
 
-    def train(self) -> TrainerState:
-        """Run (or resume) until the data sequence or ``max_steps`` is exhausted; returns the final state."""
+    def train(self) -> Progress:
+        """Run (or resume) until the data sequence or ``max_steps`` is exhausted; returns the final counters."""
         self.setup()
-        acc, g = self.accelerator, self.geometry
-        self.bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="pretrain", unit="step",
+        acc, g, progress = self.accelerator, self.geometry, self.progress
+        self.bar = tqdm(total=self.total_steps, initial=progress.global_step, desc="pretrain", unit="step",
                         disable=not acc.is_main_process)
         peak = device_peak_tflops(self.config.log.peak_tflops)
-        while not self._done():
-            state = self.state  # re-read every step: a rollback replaces it
-            if state.order_pos >= len(state.order):
+        while not self.halted and not (self.config.max_steps and progress.global_step >= self.config.max_steps):
+            step = self.position.next()
+            if step is None:
                 break
-            chunk = state.order[state.order_pos]
-            steps = self.steps_in_chunk(chunk)
-            if state.step_in_chunk >= steps:
-                self._finish_chunk(chunk, steps)
+            if step.kind != "train":
+                self.logs.data.append({"step": progress.global_step, **step.record()})
+                if step.kind == "chunk_end":
+                    self.checkpoint(chunk_checkpoint_name(step.order_pos + 1))
                 continue
-            if self._skipped(chunk, state.step_in_chunk):
-                row_start, row_end, _ = self.rows_for_step(chunk, state.step_in_chunk)
-                state.skipped_rows.setdefault(str(chunk), []).append([row_start, row_end])
-                self.data_log.append({"step": state.global_step, "event": "skip", "chunk": chunk,
-                                     "rows": [row_start, row_end]})
-                state.step_in_chunk += 1
-                continue
-            row_start, row_end, rows = self.rows_for_step(chunk, state.step_in_chunk)
             started = time.perf_counter()
-            loss, grad_norm = self.train_step(chunk, rows)
+            loss, grad_norm = self.train_step(step)
             elapsed = time.perf_counter() - started
-            state.global_step += 1
-            state.step_in_chunk += 1
-            state.tokens_seen += g.global_rows * g.seq_len
+            progress.global_step += 1
+            progress.tokens_seen += g.global_rows * g.seq_len
             tokens_per_s = g.global_rows * g.seq_len / elapsed
             record = {
-                "step": state.global_step, "loss": loss, "grad_norm": grad_norm,
+                "step": progress.global_step, "loss": loss, "grad_norm": grad_norm,
                 "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                 "mfu": (tokens_per_s * self.flops_per_token / acc.num_processes / (peak * 1e12)) if peak else None,
-                "peak_mem_gb": peak_memory_gb(), "chunk": chunk,
+                "peak_mem_gb": peak_memory_gb(), "chunk": step.chunk,
                 "seconds": elapsed, "processes": acc.num_processes,  # device time of the step (energy reports)
             }
-            entry = {"step": state.global_step, "chunk": chunk, "order_pos": state.order_pos, "rows": [row_start, row_end]}
-            if str(chunk) in state.reseeds:  # positions are no longer row numbers: record the rows themselves
-                entry["row_ids"] = self._order[row_start:row_end].tolist()
-            self.data_log.append(entry)
-            self.metrics.append(record)
-            acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=state.global_step)
+            self.logs.data.append({"step": progress.global_step, **step.record()})
+            self.logs.metrics.append(record)
+            acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=progress.global_step)
             self.bar.update()
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-            if self.on_step(record):
-                continue  # the hook rolled back (or halted): state and position changed
+            if self.monitor is not None:
+                action = self.monitor.on_step(record, step, progress.rollbacks)
+                if action.spike is not None and self._handle_spike(action):
+                    progress = self.progress  # a rollback restored other counters
+                    continue
             every = self.config.checkpoint.every_steps
-            if every and state.global_step % every == 0 and state.step_in_chunk < steps:
-                self.checkpoint(step_checkpoint_name(state.global_step))
+            if every and progress.global_step % every == 0 and self.position.mid_chunk:
+                self.checkpoint(step_checkpoint_name(progress.global_step))
         self.bar.close()
-        if acc.is_main_process:
-            self.plot_curves()
+        self.plot_curves()
         acc.end_training()
-        return self.state
-
-    def on_step(self, record: dict) -> bool:
-        """Hook after every step (spike detection); return True when it changed the training position."""
-        return False
-
-    def spike_spans(self) -> list[dict]:
-        """Spans to shade in the training-curve plot (spike-aware trainers override)."""
-        return []
-
-    def _skipped(self, chunk: int, step_in_chunk: int) -> bool:
-        return any(a <= step_in_chunk < b for a, b in self.state.skip_steps.get(str(chunk), []))
-
-    def _done(self) -> bool:
-        return bool(self.config.max_steps) and self.state.global_step >= self.config.max_steps
-
-    def _finish_chunk(self, chunk: int, steps: int) -> None:
-        state = self.state
-        rows = self.data.manifest["chunks"][chunk]["rows"]
-        used = steps * self.geometry.global_rows
-        if used < rows:
-            state.skipped_rows.setdefault(str(chunk), []).append([used, rows])
-        entry = {"step": state.global_step, "event": "chunk_end", "chunk": chunk, "order_pos": state.order_pos,
-                 "rows_trained": used, "rows_not_trained": [used, rows]}
-        if str(chunk) in state.reseeds:
-            self.rows_for_step(chunk, 0)  # make sure the cached order is this chunk's
-            entry["row_ids_not_trained"] = self._order[used:rows].tolist()
-        self.data_log.append(entry)
-        name = chunk_checkpoint_name(state.order_pos + 1)
-        state.order_pos += 1
-        next_chunk = state.order[state.order_pos] if state.order_pos < len(state.order) else None
-        state.step_in_chunk = state.resume_steps.pop(str(next_chunk), 0)
-        self.checkpoint(name)
+        return self.progress
 
     def checkpoint(self, name: str) -> Path:
-        self.state.data_log_lines = self.data_log.line_count()
-        path = save_checkpoint(self.accelerator, self.model, self.tokenizer, self.state, self.ckpt_root, name)
-        if self.accelerator.is_main_process:
-            cfg = self.config.checkpoint
-            apply_retention(self.ckpt_root, cfg.keep_chunk_checkpoints, cfg.keep_step_checkpoints, protect={name})
-            self.plot_curves()
+        path = self.checkpointer.save(name, self.state_dict())
+        self.plot_curves()
         return path
 
     def plot_curves(self) -> Path | None:
-        return plot_training_curves(self.metrics.read(), self.output_dir / CURVES, self.spike_spans(),
-                                    self.rolled_back.read(), title=f"K2 pretraining ({self.output_dir.name})")
+        return self.logs.plot(title=f"K2 pretraining ({self.output_dir.name})")
+
+    # ---------------------------------------------------------------- spike actions
+    def _handle_spike(self, action: SpikeAction) -> bool:
+        """Carry out a spike action; True when the position changed (rollback or halt)."""
+        spike, outcome = action.spike, "none"
+        if action.kind != "none":
+            logger.warning("malignant loss spike: onset step %d, now %d", spike.onset_step, spike.end_step)
+            evidence = self._keep_evidence()
+            target = self.checkpointer.last_before(spike.onset_step) if action.kind == "rollback" else None
+            if target is None:
+                self.halted = True
+                reason = action.reason or "no checkpoint before onset"
+                self.logs.data.append({"step": self.progress.global_step, "event": "halt", "reason": reason,
+                                       "evidence": evidence})
+                outcome = "halt"
+            else:
+                self._roll_back(target, spike, evidence)
+                outcome = f"rollback to {target.name} + {self.config.spikes.policy}"
+        self.logs.spikes.append({**spike.summary(), "action": outcome})
+        return outcome != "none"
+
+    def _roll_back(self, target: Path, spike, evidence: str) -> None:
+        diverged_at = self.progress.global_step
+        self.load_state_dict(self.checkpointer.load(target), rollback=True)
+        self.monitor.apply_policy(self.position, spike, self.progress.rollbacks)
+        self.total_steps = self.position.planned_steps(self.config.max_steps)
+        self.position.fault = None  # the drill's fault is transient
+        step = self.progress.global_step
+        self.logs.data.append({
+            "step": diverged_at, "event": "rollback", "to_step": step, "to": target.name,
+            "onset_step": spike.onset_step, "policy": self.config.spikes.policy, "order": list(self.position.order),
+            "order_pos": self.position.order_pos, "step_in_chunk": self.position.step_in_chunk, "evidence": evidence,
+        })
+        self.logs.take_back(step, self.progress.rollbacks)  # measured, kept, marked as taken back
+        self.checkpointer.supersede_after(step, self.output_dir / evidence)
+        self.accelerator.wait_for_everyone()
+        self.monitor.prime(self.logs.metrics_upto(step))
+        self.bar.n, self.bar.total = step, self.total_steps
+
+    def _keep_evidence(self) -> str:
+        """Save the diverged model (like K2-Spike-1/2) and its curve under ``spikes/spike_NNN``."""
+        name = f"spike_{self.progress.rollbacks + 1:03d}_step_{self.progress.global_step:07d}"
+        self.checkpointer.save(name, self.state_dict(), root=self.output_dir / "spikes")
+        if self.accelerator.is_main_process:
+            shutil.copy(self.logs.metrics.path, self.output_dir / "spikes" / name / "metrics_diverged.jsonl")
+        return f"spikes/{name}"
 
 
 def reset_accelerate_state() -> None:
@@ -354,17 +333,6 @@ def reset_accelerate_state() -> None:
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
-
-
-def row_order(rows: int, global_rows: int, reseed: list[int] | None) -> np.ndarray:
-    """Row order inside a chunk: as written (already shuffled by prepare); after a `reseed` rollback the rows
-    from step ``from_step`` on are re-shuffled with the new seed (rows before it were already trained)."""
-    order = np.arange(rows)
-    if reseed:
-        from_step, seed = reseed
-        cut = from_step * global_rows
-        order[cut:] = np.random.default_rng(seed).permutation(order[cut:])
-    return order
 
 
 def _flat_config(tree: dict, prefix: str = "") -> dict:

@@ -69,7 +69,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    assert len(modules) > 40 and graph["k2hf.pretrain.spikes"] >= {"k2hf.pretrain.trainer"}  # the walk sees edges
+    assert len(modules) > 40 and graph["k2hf.pretrain.trainer"] >= {"k2hf.pretrain.spikes"}  # the walk sees edges
     assert _cycles(graph) == []
 
 

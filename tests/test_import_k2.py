@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, train_tiny_run
 from hub_server import HubServer
 from k2hf import cli
 from k2hf.pretrain.data.import_k2 import ReleaseImportError, import_k2
-from k2hf.pretrain.data.format import sha256_file
+from k2hf.data_format import sha256_file
 from k2hf.pretrain.data.reader import PreparedData
 
 SEQ = 64

@@ -130,13 +130,14 @@ def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, 
     recipe = _recipe(tmp_path, sample_data / "stage1", name=engine)
     cmd, env = _launch_command(engine, recipe)
     run = tmp_path / engine
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    log = tmp_path / "killed_run.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
         if (run / "metrics.jsonl").is_file() and len(_metrics(run)) >= 5:
             break
-        assert process.poll() is None, "run ended before it could be killed"
+        assert process.poll() is None, "run ended before it could be killed:\n" + log.read_text()[-4000:]
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

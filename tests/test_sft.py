@@ -14,7 +14,8 @@ from conftest import REPO_ROOT
 from k2hf.finetune.mixture import sample_indices
 from k2hf.finetune.packing import IGNORE, StrictModeError, encode_conversations, pack
 from k2hf.finetune.recipe import RecipeError, load_recipe
-from k2hf.finetune.sources import AdapterError, read_rows, to_conversation
+from k2hf.finetune.sources import read_rows, to_conversation
+from k2hf.records import Rejection
 
 SAMPLES = REPO_ROOT / "k2hf" / "sample_data" / "sft"
 
@@ -26,7 +27,7 @@ def _encode(tokenizer, conversations, max_length, policy):
 
 
 def _first(path, kind, **options):
-    (_, row), *_ = read_rows([str(path)], None)
+    (_, (_, row)), *_ = read_rows([str(path)], None)
     return to_conversation(kind, row, options)
 
 
@@ -61,7 +62,7 @@ def test_adapters_on_the_real_schemas():
     ],
 )
 def test_adapter_rejections_have_reasons(kind, row, reason):
-    with pytest.raises(AdapterError) as error:
+    with pytest.raises(Rejection) as error:
         to_conversation(kind, row, {})
     assert error.value.reason == reason
 

@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from k2hf.data_format import is_url
 from k2hf.errors import UserError
 from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
+from k2hf.records import EXTENSION_FORMATS
 from k2hf.release import ORDER_PRESETS, order_preset
 
-from .format import is_url
-
 FORMATS = ("jsonl", "parquet", "text", "hub")
-_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+_EXTENSION_FORMATS = {k: v for k, v in EXTENSION_FORMATS.items() if v in FORMATS}
 
 
 EXECUTION_KEYS = ("num_workers", "slurm")

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -26,16 +25,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from k2hf.checkpoints import looks_local
+from k2hf.data_format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PIECE_DTYPE,
+    chunk_file,
+    pieces_file,
+    remove_unlisted,
+    sha256_file,
+)
 from k2hf.errors import UserError
+from k2hf.records import READ_REASONS, Rejection, read_records
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
 
-from .format import FORMAT_VERSION, MANIFEST, PIECE_DTYPE, chunk_file, pieces_file, remove_unlisted, sha256_file
 from .prepare import load_tokenizer
 
 KIND = "k2_release"
 REQUIRED_FIELDS = ("token_ids", "src_filename", "line_idx_in_src")
-SKIP_REASONS = ("malformed_json", "missing_field", "wrong_length", "id_out_of_range")
+SKIP_REASONS = (*READ_REASONS, "missing_field", "wrong_length", "id_out_of_range")
 UNKNOWN = -1  # provenance the release does not record (FIM choice, token offset inside the document)
 
 
@@ -148,11 +156,6 @@ def import_k2(
     return manifest
 
 
-def _rows(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    with handle:
-        yield from enumerate(handle)
-
-
 def _import_chunk(src: str, revision: str | None, chunk: int, out: Path, seq_len: int, vocab: int, dtype: np.dtype,
                   fail: bool, provenance: _Provenance, stats: _ChunkStats, bar) -> dict:
     name = released_chunk_file(chunk)
@@ -161,16 +164,19 @@ def _import_chunk(src: str, revision: str | None, chunk: int, out: Path, seq_len
     filled = 0
     pieces_tmp = piece_path.with_suffix(".tmp")
     with open(token_path.with_suffix(".tmp"), "wb") as tokens, open(pieces_tmp, "wb") as pieces:
-        for line_no, raw in _rows(open_release(src, name, revision)):
+        for item in read_records(open_release(src, name, revision), "jsonl", name=name):
             stats.rows_read += 1
-            row, reason, detail = _parse(raw, seq_len, vocab)
-            if reason is not None:
-                message = f"{name} line {line_no + 1}: {reason.replace('_', ' ')}" + (f": {detail}" if detail else "")
+            try:
+                if isinstance(item, Rejection):
+                    raise item
+                row = _token_row(item[1], seq_len, vocab)
+            except Rejection as error:
+                rejection = error if error.source else error.at(name, item[0])
                 if fail:
-                    raise ReleaseImportError(f"{message} (--on-error skip to skip and count such rows)")
-                stats.skipped[reason] += 1
+                    raise ReleaseImportError(f"{rejection.message()} (--on-error skip to skip and count such rows)")
+                stats.skipped[rejection.reason] += 1
                 if len(stats.examples) < 5:
-                    stats.examples.append(message)
+                    stats.examples.append(rejection.message())
                 bar.update()
                 continue
             subset = str(row.get("subset_name", row.get("source", "unknown")))
@@ -202,29 +208,23 @@ def _npy_from_raw(raw: Path, out: Path, dtype: np.dtype, count: int, block: int 
     raw.unlink()
 
 
-def _parse(raw: bytes, seq_len: int, vocab: int) -> tuple[dict | None, str | None, str]:
-    """``(row, None, "")`` for a good row, else ``(None, reason, detail)``."""
-    try:
-        row = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return None, "malformed_json", str(error)
-    if not isinstance(row, dict):
-        return None, "malformed_json", f"a JSON {type(row).__name__}, not an object"
+def _token_row(row: dict, seq_len: int, vocab: int) -> dict:
+    """A released row with its ``token_ids`` as an array; raises :class:`Rejection` for one that is not usable."""
     missing = [k for k in REQUIRED_FIELDS if k not in row]
     if "subset_name" not in row and "source" not in row:
         missing.append("subset_name")
     if missing:
-        return None, "missing_field", ", ".join(missing)
+        raise Rejection("missing_field", ", ".join(missing))
     ids = row["token_ids"]
     if not isinstance(ids, list) or len(ids) != seq_len:
         got = len(ids) if isinstance(ids, list) else type(ids).__name__
-        return None, "wrong_length", f"{got} tokens, not {seq_len}"
+        raise Rejection("wrong_length", f"{got} tokens, not {seq_len}")
     array = np.asarray(ids) if ids else np.zeros(0, np.int64)
     if array.dtype.kind not in "iu" or (len(array) and (array.min() < 0 or array.max() >= vocab)):
         first = next(i for i in ids if not (type(i) is int and 0 <= i < vocab))
-        return None, "id_out_of_range", f"{first!r} is not an id of the {vocab}-token vocabulary"
+        raise Rejection("id_out_of_range", f"{first!r} is not an id of the {vocab}-token vocabulary")
     row["token_ids"] = array
-    return row, None, ""
+    return row
 
 
 def _manifest(src: str, revision: str | None, out: Path, chunks: list[int], num_chunks: int, seq_len: int,

@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from .config import DataConfig, DataConfigError
-from .format import (
+from k2hf.data_format import (
     FORMAT_VERSION,
     MANIFEST,
     PIECE_DTYPE,
@@ -54,6 +53,8 @@ from .format import (
     remove_unlisted_remote,
     sha256_file,
 )
+
+from .config import DataConfig, DataConfigError
 from .shards import ShardJob, build_shard, load_shard, shard_is_done
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from k2hf.data_format import FORMAT_VERSION, MANIFEST, is_url, publish, sha256_file, token_dtype
 from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
 from .config import DataConfig, resolve_files
@@ -28,7 +29,6 @@ from .executors import (
     slurm_executors,
     slurm_settings,
 )
-from .format import FORMAT_VERSION, MANIFEST, is_url, publish, sha256_file, token_dtype
 from .pipeline import PrepareRun
 from .shards import BLOCK_RECORDS, SHARD_FORMAT, ShardJob
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from k2hf.data_format import MANIFEST, sha256_file, unlisted_files
 from k2hf.errors import UserError
-
-from .format import MANIFEST, sha256_file, unlisted_files
 
 
 class DataIndexError(UserError, IndexError):

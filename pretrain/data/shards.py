@@ -21,12 +21,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from k2hf.errors import UserError
+from k2hf.records import Rejection
 from k2hf.tokenizer import PlainTextEncoder
 
 from .config import SubsetConfig
 from .fim import NO_FIM, FimTokenIds, assemble, fim_decisions, split_text
 from .k2_release import SPECIAL_STRINGS, encode_file
-from .sources import BadRecord, read_source
+from .sources import read_source
 
 INSTANCE_DTYPE = np.dtype([("record", "<i8"), ("pass", "<i4"), ("fim", "i1"), ("start", "<i8"), ("length", "<i8")])
 ENCODE_BATCH = 1024
@@ -112,7 +113,7 @@ class _ShardState:
         self.examples: list[str] = []
         self.tables: list[np.ndarray] = []
 
-    def bad_record(self, item: BadRecord) -> None:
+    def bad_record(self, item: Rejection) -> None:
         if self.job.fail_on_error:
             raise BadInputError(f"{item.message()} (set `on_error: skip` / --on-error skip to skip and count)")
         self.bad[item.reason] += 1
@@ -130,7 +131,7 @@ class _ShardState:
         """Default tokenization: each document on its own, a block of records at a time (bounded memory)."""
         block: list[tuple[int, str]] = []
         for item in items:
-            if isinstance(item, BadRecord):
+            if isinstance(item, Rejection):
                 self.bad_record(item)
                 continue
             block.append(item)
@@ -181,7 +182,7 @@ class _ShardState:
 
         def good():
             for item in items:
-                if isinstance(item, BadRecord):
+                if isinstance(item, Rejection):
                     self.bad_record(item)
                     continue
                 self.good += 1

@@ -1,0 +1,12 @@
+"""Loss spikes: detect online, tell benign from malignant, roll back automatically, keep the evidence.
+
+:mod:`.detector` (pure) finds and classifies spikes, :mod:`.policies` turns them into training actions, and
+:mod:`.analysis` reads finished curves (``k2hf spikes analyze``).
+"""
+
+from .analysis import analyze, detect_with_rollbacks, effective_data_sequence, format_table, load_curve, spike_title
+from .detector import Spike, SpikeDetector, detect
+from .policies import SpikeAction, SpikeMonitor
+
+__all__ = ["Spike", "SpikeAction", "SpikeDetector", "SpikeMonitor", "analyze", "detect", "detect_with_rollbacks",
+           "effective_data_sequence", "format_table", "load_curve", "spike_title"]
