@@ -38,7 +38,7 @@ class ChunkOrder:
         self.entries, self.what = entries, what
 
     @classmethod
-    def of(cls, source: str | os.PathLike | None = None, preset: str | None = None) -> "ChunkOrder":
+    def of(cls, source: str | os.PathLike | None = None, preset: str | None = None) -> ChunkOrder:
         if (source is None) == (preset is None):
             raise UserError("give either a source (a prepared data dir or a run dir) or --preset "
                             f"({', '.join(sorted(ORDER_PRESETS))})")

@@ -166,7 +166,7 @@ def train_case(bench: Bench, name: str, config: K2Config, rows: int, seq: int, s
             forward = torch.compile(model) if compile_model else model
             first_loss = []
 
-            def step():
+            def step(forward=forward, model=model, optimizer=optimizer, first_loss=first_loss):
                 with torch.autocast(bench.device.type, dtype=torch.bfloat16), torch.set_grad_enabled(backward):
                     loss = forward(**inputs).loss
                 if not first_loss:
@@ -218,7 +218,7 @@ def layer_case(bench: Bench, sizes: Sizes, seq: int) -> None:
             layer, rope = layer.to(bench.device, torch.bfloat16), rope.to(bench.device)
             embeddings = rope(x, positions)
 
-            def step():
+            def step(layer=layer, embeddings=embeddings, which=which):
                 out = layer(x, attention_mask=None, position_embeddings=embeddings, position_ids=positions)
                 out = out[0] if isinstance(out, tuple) else out
                 outputs[which] = out.detach().float().cpu()
@@ -255,7 +255,7 @@ def generate_case(bench: Bench, sizes: Sizes, static: bool) -> None:
                 k2_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model = model.to(bench.device, torch.bfloat16).eval()
 
-            def run():
+            def run(model=model, which=which):
                 with torch.no_grad():
                     tokens[which] = model.generate(prompt, **kwargs)[0, sizes.prompt:].cpu()
 

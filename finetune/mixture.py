@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def target_count(target: int | None, weight: float | None, total: int | None, weights_sum: float, available: int) -> int:
+def target_count(target: int | None, weight: float | None, total: int | None, weights_sum: float,
+                 available: int) -> int:
     """Conversations to draw: the explicit target, a share of ``total`` by weight, or everything available."""
     if target is not None:
         return target

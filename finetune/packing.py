@@ -71,7 +71,7 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
     """Read, adapt and sample every source. Returns the selected ``(source, record, messages)`` and per-source
     reports (read / rejected by reason / valid / drawn)."""
     pools, reports = [], []
-    for s_index, spec in enumerate(recipe.sources):
+    for spec in recipe.sources:
         paths = resolve_paths(spec.paths, recipe.base_dir) if spec.paths else None
         valid: list[tuple[int, list]] = []
         rejected: Counter = Counter()
@@ -143,7 +143,7 @@ def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
             current.append(pair)
     pieces.append(system + [m for p in current for m in p])
     out = []
-    for piece, encoded in zip(pieces, encode_chats_arrays(tokenizer, pieces, validate=False)):
+    for encoded in encode_chats_arrays(tokenizer, pieces, validate=False):
         ids, labels = _labelled(*encoded)
         status = "split" if len(ids) <= max_length else "split_truncated"
         out.append((ids[:max_length], labels[:max_length], status))

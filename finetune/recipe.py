@@ -73,7 +73,8 @@ class SFTRecipe:
 
     def data_fingerprint(self) -> str:
         """Everything the packed data depends on (not the training arguments)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("train", "lora", "output_dir", "packed_dir", "num_proc")}
+        not_data = ("train", "lora", "output_dir", "packed_dir", "num_proc")
+        data = {k: v for k, v in asdict(self).items() if k not in not_data}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -106,8 +107,6 @@ def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:
 def _validate(recipe: SFTRecipe) -> None:
     if recipe.max_length < 16:
         raise RecipeError(f"max_length must be >= 16 (got {recipe.max_length})")
-    if recipe.overlong not in ("split_turns", "truncate", "drop"):
-        raise RecipeError(f"overlong must be split_turns, truncate or drop (got {recipe.overlong!r})")
     names = [s.name for s in recipe.sources]
     if len(set(names)) != len(names):
         raise RecipeError(f"source names must be unique (got {names})")

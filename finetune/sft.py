@@ -1,6 +1,7 @@
 """K2-Chat SFT entry point.
 
-    accelerate launch --config_file pretrain/accelerate/zero3.yaml finetune/sft.py --recipe finetune/recipes/k2_chat.yaml
+    accelerate launch --config_file pretrain/accelerate/zero3.yaml finetune/sft.py \
+        --recipe finetune/recipes/k2_chat.yaml
 """
 
 import sys

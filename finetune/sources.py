@@ -44,7 +44,8 @@ def openhermes(row: dict, **_: Any) -> Messages:
 
 
 def flan(row: dict, **_: Any) -> Messages:
-    return [{"role": "user", "content": _field(row, "inputs")}, {"role": "assistant", "content": _field(row, "targets")}]
+    return [{"role": "user", "content": _field(row, "inputs")},
+            {"role": "assistant", "content": _field(row, "targets")}]
 
 
 def do_not_answer(row: dict, response_column: str = "GPT4_response", harmful_column: str | None = "auto",

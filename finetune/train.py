@@ -13,12 +13,15 @@ import os
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
 from k2hf.modeling import K2ForCausalLM
 from k2hf.tokenizer import save_tokenizer
 
 from .packing import load_packed, load_sft_tokenizer
 from .recipe import RecipeError, SFTRecipe, load_recipe
+
+logger = get_logger(__name__)  # accelerate's: rank 0 only
 
 
 def build_model(recipe: SFTRecipe):
@@ -95,8 +98,8 @@ def train(recipe: SFTRecipe) -> Path:
         peft_config=peft_config(recipe),
     )
     resume = last_complete_checkpoint(Path(recipe.resolve(recipe.output_dir)))
-    if resume is not None and trainer.accelerator.is_main_process:
-        print(f"resuming from {resume}")
+    if resume is not None:
+        logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)  # transformers' own exact resume
     out = Path(recipe.resolve(recipe.output_dir)) / "final"
     model = trainer.model
@@ -124,7 +127,7 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
 
 def _save_history(history: list[dict], out: Path) -> None:
     """TRL's log history as JSONL and the SFT loss/grad-norm/lr curve as a PNG."""
-    from k2hf.pretrain.monitoring import plot_training_curves
+    from k2hf.curves import plot_training_curves
 
     records = [{"step": h["step"], "loss": h["loss"], "grad_norm": h.get("grad_norm"), "lr": h.get("learning_rate")}
                for h in history if "loss" in h]
@@ -135,12 +138,14 @@ def _save_history(history: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from k2hf.console import configure_logging
     from k2hf.recipes import parse_overrides
 
     parser = argparse.ArgumentParser(description="K2-Chat SFT on TRL (launch with `accelerate launch`).")
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. train.max_steps=10")
     args = parser.parse_args(argv)
+    configure_logging()
     out = train(load_recipe(args.recipe, parse_overrides(args.set)))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"saved the fine-tuned model to {out}")

@@ -66,7 +66,8 @@ def validate_conversation(messages: Sequence[Message]) -> None:
                     "non_alternating",
                 )
         if not isinstance(message.get("content"), str):
-            raise ConversationError(f"K2-Chat: message content must be a string (message {index})", "non_string_content")
+            raise ConversationError(f"K2-Chat: message content must be a string (message {index})",
+                                    "non_string_content")
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def _hub_checkpoints(repo_id: str, order: list[int] | None) -> list[Checkpoint]:
     ]
 
 
-def find(checkpoints: "list[Checkpoint]", which: str | int | Checkpoint) -> Checkpoint:
+def find(checkpoints: list[Checkpoint], which: str | int | Checkpoint) -> Checkpoint:
     """Pick one: a :class:`Checkpoint`, a name (``ckpt_003``, ``step_0000012``), or N for ``ckpt_N``."""
     if isinstance(which, Checkpoint):
         return which

@@ -77,7 +77,7 @@ def check_weights(folder: Path, config: K2Config) -> None:
     for path in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(path, "pt") as f:
-                found.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
+                found.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})  # noqa: SIM118 (not a dict)
         except SafetensorError as error:
             raise CheckpointError(f"{path} is damaged or truncated ({error})") from None
     with torch.device("meta"):

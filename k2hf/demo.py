@@ -37,7 +37,8 @@ def _reset_accelerate() -> None:
 def _config_path(*parts: str) -> Path:
     path = REPO_CONFIGS.joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the demo from a k2hf checkout installed with `pip install -e .`")
+        raise FileNotFoundError(f"{path} not found: run the demo from a k2hf checkout installed with "
+                                "`pip install -e .`")
     return path
 
 
@@ -66,7 +67,8 @@ def pretrain(out: Path, data: dict[str, Path]) -> Path:
     stage1_dir, stage2_dir = out / "pretrain" / "stage1", out / "pretrain" / "stage2"
     spikes = {"spikes.enabled": True, "spikes.window": 8, "spikes.malignant_steps": 4, "spikes.recovery_steps": 2,
               "spikes.min_delta": 0.3}
-    _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; spike detection on)")
+    _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; "
+          "spike detection on)")
     run(load_train_config(_config_path("pretrain", "configs", "tiny_stage1.yaml"), {
         "data": str(data["stage1"]), "output_dir": str(stage1_dir), "global_batch_tokens": 128,
         "micro_batch_size": 1, **spikes}))

@@ -113,7 +113,8 @@ class Pretrainer:
                 overrides["vocab_size"] = padded_vocab_rows(vocab)
             model_config = getattr(K2Config, config.model.preset)(**overrides)
         if config.model.rope_theta is not None:
-            model_config.rope_parameters = {**model_config.rope_parameters, "rope_theta": float(config.model.rope_theta)}
+            theta = float(config.model.rope_theta)
+            model_config.rope_parameters = {**model_config.rope_parameters, "rope_theta": theta}
         if config.model.max_position_embeddings is not None:
             model_config.max_position_embeddings = config.model.max_position_embeddings
         if model_config.vocab_size < vocab:

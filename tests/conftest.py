@@ -1,4 +1,5 @@
-"""Shared fixtures. Every Hugging Face cache points into a temp dir and the Hub is offline: tests never touch the network."""
+"""Shared fixtures. Every Hugging Face cache points into a temp dir and the Hub is offline: tests never touch the
+network."""
 
 import os
 import tempfile
@@ -128,6 +129,22 @@ def sample_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample-data") / "data"
     prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml"), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """`k2hf demo`, run once for the whole suite (the longest single thing in it): its out dir and what it
+    printed. The README's commands (tests/test_docs.py) then run on what it left, as a user's would."""
+    import contextlib
+    import io
+
+    from k2hf import cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["demo", "--out", str(out)]) == 0
+    return out, printed.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,40 @@ def test_model_files_import_only_torch_transformers_and_each_other():
                 assert node.level == 1 and (REPO_ROOT / "modeling" / f"{node.module}.py").is_file(), path.name
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] in allowed for a in node.names), path.name
+
+
+def _layer(name: str) -> int:
+    """modeling (0) <- core (1) <- pretrain, finetune (2) <- research (3, it studies pretraining's records)
+    <- the CLI and the demo (4, which nothing imports)."""
+    if name in ("k2hf.cli", "k2hf.demo"):
+        return 4
+    if name.startswith("k2hf.analysis"):
+        return 3
+    if name.startswith(("k2hf.pretrain", "k2hf.finetune")):
+        return 2
+    return 0 if name.startswith("k2hf.modeling") else 1
+
+
+def test_dependencies_point_one_way():
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        for target in _imports(name, path, modules):
+            sideways = _layer(name) == _layer(target) == 2 and name.split(".")[1] != target.split(".")[1]
+            if _layer(target) > _layer(name) or sideways or target == "k2hf.cli":
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+    assert _layer("k2hf.data_format") == 1 and _layer("k2hf.pretrain.trainer") == 2  # the rule sees the layers
+
+
+def test_the_spike_detector_is_pure():
+    """Numbers in, spikes out: the standard library, numpy and the recipe section; no torch, no files."""
+    path = REPO_ROOT / "pretrain" / "spikes" / "detector.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    assert imported == {"__future__", "math", "collections", "dataclasses", "numpy", "..config"}
+    assert "open(" not in path.read_text()

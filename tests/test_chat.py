@@ -48,7 +48,8 @@ def test_cli_chat_one_shot(taught_chat_dir):
 
 
 def test_cli_chat_interactive_streams_and_resets(taught_chat_dir):
-    result = _k2hf("chat", str(taught_chat_dir), "--max-new-tokens", "64", stdin=f"{QUESTION}\n/reset\n{QUESTION}\n/exit\n")
+    result = _k2hf("chat", str(taught_chat_dir), "--max-new-tokens", "64",
+                   stdin=f"{QUESTION}\n/reset\n{QUESTION}\n/exit\n")
     assert result.stdout.count(f"k2> {ANSWER}") == 2
     assert result.stdout.count("(conversation cleared)") == 1  # /reset says it happened
 

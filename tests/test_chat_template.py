@@ -110,7 +110,8 @@ def test_injected_control_strings_stay_plain_text(chat_tokenizer):
     [
         ([{"role": "tool", "content": "x"}], "unknown role 'tool'"),
         ([{"role": "assistant", "content": "x"}], "expected role 'user' at message 0"),
-        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "expected role 'assistant' at message 1"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+         "expected role 'assistant' at message 1"),
         ([{"role": "user", "content": "a"}, SYSTEM], "expected role 'assistant' at message 1"),
         ([{"role": "user", "content": ["a", "b"]}], "content must be a string"),
     ],

@@ -58,6 +58,7 @@ def test_hub_listing_and_loading_through_the_real_client(k2_like_hub, drill_run,
     assert any(r.startswith("GET /api/models/LLM360/K2/revision/ckpt_010") for r in k2_like_hub.requests)
 
 
+@pytest.mark.slow  # the k2hf CLI in subprocesses: ~20 s of interpreter starts
 def test_hub_cli_and_errors(k2_like_hub, tmp_path):
     env = _hub_env(k2_like_hub, tmp_path)
     result = _in_subprocess(env, "from k2hf.cli import main; raise SystemExit(main(['checkpoints', 'list', "

@@ -6,12 +6,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_reuses(tmp_path, capsys):
+def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
     from k2hf import cli
 
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out)]) == 0
-    first = capsys.readouterr().out
+    out, first = demo_run
     assert "k2> " in first and "done." in first
     manifest = json.loads((out / "data" / "stage1" / "manifest.json").read_text())
     assert manifest["num_chunks"] == 4

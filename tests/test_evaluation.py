@@ -52,6 +52,7 @@ def test_harness_numbers_equal_direct_computation(drill_run, tmp_path, capsys):
     assert "k2hf_mc: acc" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sweep_is_resumable_and_plots(drill_run, tmp_path, capsys):
     args = ["eval", "sweep", str(drill_run), "--tasks", "k2hf_mc", "--every", "2", "--out", str(tmp_path / "sw")]
     assert cli.main(args) == 0
@@ -69,6 +70,7 @@ def test_sweep_is_resumable_and_plots(drill_run, tmp_path, capsys):
     assert "unknown tasks ['no_such_task']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_include_path_adds_the_users_own_tasks(drill_run, tmp_path):
     """A task YAML of the user's own (here: a two-item multiple-choice set) runs beside k2hf's, as with the
     harness's own `--include_path`."""

@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO_ROOT, train_tiny_run
 from hub_server import HubServer
 from k2hf import cli
-from k2hf.pretrain.data.import_k2 import ReleaseImportError, import_k2
 from k2hf.data_format import sha256_file
+from k2hf.pretrain.data.import_k2 import ReleaseImportError, import_k2
 from k2hf.pretrain.data.reader import PreparedData
 
 SEQ = 64
@@ -27,7 +27,7 @@ def write_release(folder, vocab, rows_per_chunk, chunks=(0, 1, 5), seq=SEQ, seed
     written = {}
     for chunk in chunks:
         rows = []
-        for i in range(rows_per_chunk):
+        for _ in range(rows_per_chunk):
             subset = SUBSETS[int(rng.integers(len(SUBSETS)))]
             rows.append({"token_ids": rng.integers(0, vocab, seq).tolist(), "source": subset, "subset_name": subset,
                          "src_filename": f"/lustre/tokenized/{subset}/part_{int(rng.integers(3)):03d}.jsonl",

@@ -177,7 +177,8 @@ def test_left_padded_batch_generation_matches_single():
     short, long = _ids(1, 5, seed=1), _ids(1, 9, seed=2)
     batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
     mask = torch.cat([torch.cat([torch.zeros(1, 4), torch.ones(1, 5)], 1), torch.ones(1, 9)]).long()
-    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                         pad_token_id=0)
     alone = model.generate(short, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(out[0, 4:], alone[0])
 
@@ -285,7 +286,8 @@ def test_remote_code_loads_without_k2hf(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "ckpt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "ckpt"), str(tmp_path / "x.pt"),
+         str(tmp_path / "y.pt")],
         check=True,
         env=env,
         cwd=tmp_path,

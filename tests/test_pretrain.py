@@ -151,6 +151,34 @@ def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, 
     assert [m["grad_norm"] for m in _metrics(run)] == [m["grad_norm"] for m in _metrics(reference_runs[engine])]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
+def test_spike_drill_rolls_back_the_same_way_under_two_processes(sample_data, tmp_path, engine):
+    """The drill of tests/test_spikes.py (chunk 2 poisoned until the first rollback), launched on 2 processes:
+    every rank takes the same decision from the all-reduced loss, and the run ends as the one-process run does."""
+    spikes = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
+              "malignant_steps": 4, "drill_poison_chunk": 2, "policy": "defer_chunk"}
+    recipe = _recipe(tmp_path, sample_data / "stage1", name=engine, global_batch_tokens=128, micro_batch_size=1,
+                     model={"preset": "tiny", "overrides": {"vocab_size": "auto"}}, spikes=spikes,
+                     log={"tensorboard": False})
+    _launch(engine, recipe)
+    run = tmp_path / engine
+    events = [json.loads(line) for line in (run / "spikes.jsonl").read_text().splitlines()]
+    (event,) = [e for e in events if e["class"] == "malignant"]
+    # ZeRO-3 reduces in another order: the curve differs in the last bits and may show a benign bump, never acted on
+    assert all(e["class"] == "benign" and e["action"] == "none" for e in events if e is not event)
+    assert (event["onset_step"], event["end_step"], event["class"]) == (19, 22, "malignant")
+    assert event["action"] == "rollback to ckpt_002 + defer_chunk"
+    from k2hf.pretrain.spikes import effective_data_sequence
+
+    log = [json.loads(line) for line in (run / "data_sequence.jsonl").read_text().splitlines()]
+    assert [s["chunk"] for s in effective_data_sequence(log)] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
+    final = json.loads((run / "checkpoints" / "ckpt_004" / TRAINER_STATE).read_text())
+    assert (final["order"], final["rollbacks"], final["global_step"]) == ([0, 1, 3, 2], 1, 36)
+    assert [m["step"] for m in _metrics(run)] == list(range(1, 37))
+    assert (run / "spikes" / "spike_001_step_0000022" / "model.safetensors").is_file()  # the evidence, gathered
+
+
 def _reset_accelerate():
     from k2hf.pretrain.trainer import reset_accelerate_state
 

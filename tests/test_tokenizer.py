@@ -1,6 +1,7 @@
 """K2 tokenizer: exact layout, SentencePiece-exact ids, round trips."""
 
 import random
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -99,7 +100,7 @@ def test_bulk_encoder_uses_sentencepiece_only_when_it_agrees(tiny_tokenizer, tmp
     # the SentencePiece model travels with the tokenizer through save/load
     save_tokenizer(tiny_tokenizer, tmp_path / "saved")
     loaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
-    assert (tmp_path / "saved" / "tokenizer.model").read_bytes() == open(tiny_tokenizer.vocab_file, "rb").read()
+    assert (tmp_path / "saved" / "tokenizer.model").read_bytes() == Path(tiny_tokenizer.vocab_file).read_bytes()
     assert plain_text_encoder(loaded).sentencepiece is not None and encode_plain_text(loaded, texts) == backend_ids
     loaded.add_tokens(["zzqq"])  # a non-special added token: the encoder is rebuilt and still agrees with the tokenizer
     assert encode_plain_text(loaded, ["a zzqq b"]) == [loaded("a zzqq b", add_special_tokens=False)["input_ids"]]

@@ -9,7 +9,7 @@ import glob
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from k2hf.data_format import is_url
 from k2hf.errors import UserError
@@ -17,7 +17,8 @@ from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
 from k2hf.records import EXTENSION_FORMATS
 from k2hf.release import ORDER_PRESETS, order_preset
 
-FORMATS = ("jsonl", "parquet", "text", "hub")
+DataFormat = Literal["jsonl", "parquet", "text", "hub"]
+FORMATS = get_args(DataFormat)
 _EXTENSION_FORMATS = {k: v for k, v in EXTENSION_FORMATS.items() if v in FORMATS}
 
 
@@ -49,7 +50,7 @@ class SubsetConfig:
     paths: list[str] = field(default_factory=list)
     hub: dict[str, Any] | None = None
     text_field: str = "text"
-    format: str | None = None
+    format: DataFormat | None = None
     repeat: float = 1.0
     fim: bool = False
 
@@ -126,8 +127,6 @@ def validate(config: DataConfig) -> None:
         raise DataConfigError(f"seq_len must be an integer >= 2 (got {config.seq_len!r})")
     if not isinstance(config.num_chunks, int) or config.num_chunks < 1:
         raise DataConfigError(f"num_chunks must be an integer >= 1 (got {config.num_chunks!r})")
-    if config.on_error not in ("fail", "skip"):
-        raise DataConfigError(f"on_error must be 'fail' or 'skip' (got {config.on_error!r})")
     if config.tokenization == "k2_release" and any(s.fim for s in config.subsets):
         raise DataConfigError("tokenization k2_release has no fill-in-the-middle (K2 chose FIM per row with a "
                               "wall-clock seed; its released rows are the record: import them with "
@@ -167,8 +166,6 @@ def _validate_subset(subset: SubsetConfig, base_dir: str) -> None:
         subset.format = "hub"
         return
     files = resolve_files(subset, base_dir)
-    if subset.format is not None and subset.format not in FORMATS:
-        raise DataConfigError(f"{where}: format must be one of {FORMATS} (got {subset.format!r})")
     for file in files:
         file_format = subset.format or _EXTENSION_FORMATS.get(Path(file).suffix)
         if file_format is None:

@@ -173,7 +173,8 @@ def _import_chunk(src: str, revision: str | None, chunk: int, out: Path, seq_len
             except Rejection as error:
                 rejection = error if error.source else error.at(name, item[0])
                 if fail:
-                    raise ReleaseImportError(f"{rejection.message()} (--on-error skip to skip and count such rows)")
+                    raise ReleaseImportError(
+                        f"{rejection.message()} (--on-error skip to skip and count such rows)") from None
                 stats.skipped[rejection.reason] += 1
                 if len(stats.examples) < 5:
                     stats.examples.append(rejection.message())

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from k2hf.curves import plot_message, plot_training_curves
 from k2hf.errors import UserError
 
 from ..config import SpikeSection
-from ..monitoring import METRICS, ROLLED_BACK, plot_message, plot_training_curves
+from ..monitoring import METRICS, ROLLED_BACK
 from .detector import detect
 
 

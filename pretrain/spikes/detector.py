@@ -70,7 +70,8 @@ class SpikeDetector:
             return None
         values = np.fromiter(self.history, dtype=float)
         median = float(np.median(values))
-        scale = max(MAD_TO_SIGMA * float(np.median(np.abs(values - median))), self.config.min_delta / self.config.threshold)
+        floor = self.config.min_delta / self.config.threshold
+        scale = max(MAD_TO_SIGMA * float(np.median(np.abs(values - median))), floor)
         return median, median + max(self.config.threshold * scale, self.config.min_delta)
 
     def update(self, step: int, loss: float, grad_norm: float) -> Spike | None:
