@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 import k2hf.checkpoints as checkpoints_api
 from k2hf.errors import UserError
+from k2hf.records import Rejection, read_records
 
 from .memorization import select_checkpoints
 
@@ -38,10 +40,9 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a .txt file (one prompt per line) or JSONL with `prompt`")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix != ".jsonl":
-        return lines
-    return [_field(json.loads(line), "prompt", path, n) for n, line in enumerate(lines, 1)]
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [_field(row, "prompt", path, line) for line, row in _rows(path)]
 
 
 def read_items(path: str | os.PathLike) -> list[dict]:
@@ -50,19 +51,28 @@ def read_items(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path} does not exist: give JSONL items with question, choices and answer")
     items = []
-    for n, line in enumerate((x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()), 1):
-        row = json.loads(line)
-        question, choices, answer = (_field(row, k, path, n) for k in ("question", "choices", "answer"))
+    for line, row in _rows(path):
+        question, choices, answer = (_field(row, k, path, line) for k in ("question", "choices", "answer"))
         if not isinstance(choices, list) or not choices or not isinstance(answer, int) or \
                 not 0 <= answer < len(choices):
-            raise UserError(f"{path} line {n}: `choices` must be a non-empty list and `answer` an index into it")
+            raise UserError(f"{path} line {line + 1}: `choices` must be a non-empty list and `answer` an index into it")
         items.append({"question": question, "choices": choices, "answer": answer})
     return items
 
 
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(0-based line, object)`` of a small JSONL input; blank lines are allowed, anything else bad stops here."""
+    for item in read_records(str(path), "jsonl"):
+        if isinstance(item, Rejection):
+            if item.reason == "empty_record":
+                continue
+            raise UserError(item.message())
+        yield item
+
+
 def _field(row: dict, key: str, path: Path, line: int):
     if key not in row:
-        raise UserError(f"{path} line {line}: missing field `{key}`")
+        raise UserError(f"{path} line {line + 1}: missing field `{key}`")
     return row[key]
 
 

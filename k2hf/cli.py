@@ -7,6 +7,12 @@ import os
 import sys
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The options the user gave (flags default to None): everything else takes the library's own default,
+    stated once, where it is implemented."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _chat(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
@@ -14,13 +20,13 @@ def _chat(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_chat_model(args.model, device=args.device, revision=args.revision)
     if args.prompt is None:
-        chat_loop(model, tokenizer, args.system, args.max_new_tokens, args.temperature)
+        chat_loop(model, tokenizer, args.system, **_given(args, "max_new_tokens", "temperature"))
         return 0
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generate_reply(model, tokenizer, messages, args.max_new_tokens, args.temperature, streamer=streamer)
+    generate_reply(model, tokenizer, messages, streamer=streamer, **_given(args, "max_new_tokens", "temperature"))
     return 0
 
 
@@ -150,8 +156,8 @@ def _dash(value) -> str:
 def _data_import_k2(args: argparse.Namespace) -> int:
     from .pretrain.data.import_k2 import import_k2
 
-    manifest = import_k2(args.src, args.out, tokenizer=args.tokenizer, chunks=_int_list(args.chunks),
-                         on_error=args.on_error, revision=args.revision, seq_len=args.seq_len)
+    manifest = import_k2(args.src, args.out, chunks=_int_list(args.chunks), revision=args.revision,
+                         **_given(args, "tokenizer", "on_error", "seq_len"))
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["rows_skipped"].items()) or "none"
     print(f"imported {manifest['rows_imported']} of {manifest['rows_read']} rows x {manifest['seq_len']} tokens "
           f"from {len(manifest['chunks_imported'])} chunk(s) (skipped: {skipped}) -> {args.out}")
@@ -179,13 +185,11 @@ def _int_list(text: str | None) -> list[int] | None:
 def _analyze_memorization(args: argparse.Namespace) -> int:
     from .analysis.memorization import MemorizationConfig, analyze_memorization
 
-    config = MemorizationConfig(prompt_tokens=args.prompt_tokens, continuation_tokens=args.continuation_tokens,
-                                samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-                                include_untrained=args.include_untrained)
-    kwargs = {"dtype": args.dtype} if args.dtype else {}
-    summary = analyze_memorization(args.model, args.out, data=args.data, checkpoints=args.checkpoints,
-                                   chunks=_int_list(args.chunks), config=config, order=args.preset,
-                                   device=args.device, **kwargs)
+    config = MemorizationConfig(include_untrained=args.include_untrained, **_given(
+        args, "prompt_tokens", "continuation_tokens", "samples", "seed", "batch_size"))
+    summary = analyze_memorization(args.model, args.out, data=args.data, chunks=_int_list(args.chunks),
+                                   config=config, order=args.preset, device=args.device,
+                                   **_given(args, "checkpoints", "dtype"))
     print(f"{'checkpoint':<24} {'rows':>6} {'mean score':>11} {'full match':>11}")
     for name, stats in summary["checkpoints"].items():
         print(f"{name:<24} {stats['rows']:>6} {stats['mean_score']:>11.4f} {stats['full_match_rate']:>11.2%}")
@@ -199,11 +203,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = [t for t in args.tasks.split(",") if t]
     common = {"num_fewshot": args.num_fewshot, "limit": args.limit, "include_path": args.include_path,
-              "batch_size": args.batch_size}
+              **_given(args, "batch_size")}
     if args.model == "sweep":
         if args.source is None:
             raise UserError("k2hf eval sweep needs SOURCE: a run dir or a Hub repo")
-        path = sweep(args.source, tasks, args.out, every=args.every, checkpoints=args.checkpoints, **common)
+        path = sweep(args.source, tasks, args.out, **_given(args, "every", "checkpoints"), **common)
         print(f"sweep: {path} and {path.with_name('sweep.png')}")
         return 0
     if args.source is not None:
@@ -220,10 +224,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _gallery(args: argparse.Namespace) -> int:
     from .analysis.gallery import GalleryConfig, build_gallery, read_items, read_prompts
 
-    config = GalleryConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    config = GalleryConfig(**_given(args, "max_new_tokens", "temperature", "seed"))
     page = build_gallery(args.source, args.out, read_prompts(args.prompts),
-                         read_items(args.eval_items) if args.eval_items else None, checkpoints=args.checkpoints,
-                         config=config)
+                         read_items(args.eval_items) if args.eval_items else None, config=config,
+                         **_given(args, "checkpoints"))
     print(f"gallery: {page} (and gallery.jsonl beside it)")
     return 0
 
@@ -231,12 +235,13 @@ def _gallery(args: argparse.Namespace) -> int:
 def _report_energy(args: argparse.Namespace) -> int:
     from .analysis.energy import Energy, gpu_hours, run_energy
 
-    factors = {"kw_per_gpu": args.kw_per_gpu, "pue": args.pue, "t_per_mwh": args.t_per_mwh}
-    print(f"factors: {args.kw_per_gpu} kW per GPU, PUE {args.pue}, {args.t_per_mwh} tCO2eq per MWh")
+    factors = _given(args, "kw_per_gpu", "pue", "t_per_mwh")
+    shown = Energy(0.0, **factors)  # the factors in force: the given ones, else the K2 paper's
+    print(f"factors: {shown.kw_per_gpu} kW per GPU, PUE {shown.pue}, {shown.t_per_mwh} tCO2eq per MWh")
     if args.run is None:
         energy = Energy(gpu_hours(args.gpus, args.days, args.gpu_hours), **factors)
         mwh = round(energy.mwh, 1)  # carbon from the MWh as reported, the K2 paper's convention
-        print(f"{energy.gpu_hours:,.1f} GPU-hours: {mwh:,.1f} MWh, {mwh * args.t_per_mwh:,.1f} tCO2eq")
+        print(f"{energy.gpu_hours:,.1f} GPU-hours: {mwh:,.1f} MWh, {mwh * energy.t_per_mwh:,.1f} tCO2eq")
         return 0
     if args.gpus is not None or args.days is not None or args.gpu_hours is not None:
         from .errors import UserError
@@ -309,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("model", help="checkpoint dir or Hub id (K2 or LLaMA format)")
     chat.add_argument("--prompt", help="one user message; print the streamed reply and exit")
     chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument("--max-new-tokens", type=int, help="default: 256")
+    chat.add_argument("--temperature", type=float, help="0 = greedy (the default)")
     chat.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the weights load)")
     chat.add_argument("--revision", default=None, help="Hub revision, e.g. ckpt_360")
     chat.set_defaults(func=_chat)
@@ -368,11 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("src", help="a dir of chunk_<i>.jsonl files, or the Hub dataset LLM360/K2Datasets (streamed)")
     imp.add_argument("--out", required=True)
     imp.add_argument("--chunks", help="which chunks, e.g. 0-15,32 (default: all 360)")
-    imp.add_argument("--tokenizer", default="LLM360/K2", help="K2 tokenizer: a dir, or a Hub repo (default LLM360/K2)")
-    imp.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+    imp.add_argument("--tokenizer", help="K2 tokenizer: a dir, or a Hub repo (default LLM360/K2)")
+    imp.add_argument("--on-error", choices=["fail", "skip"],
                      help="malformed rows: stop naming file and line (default), or skip and count per reason")
     imp.add_argument("--revision", default=None, help="Hub revision of the dataset")
-    imp.add_argument("--seq-len", type=int, default=2048, help="tokens per released row (K2: 2048)")
+    imp.add_argument("--seq-len", type=int, help="tokens per released row (default: K2's 2048)")
     imp.set_defaults(func=_data_import_k2)
 
     analyze_cmd = sub.add_parser("analyze", help="research analyses across checkpoints").add_subparsers(
@@ -380,15 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     mem = analyze_cmd.add_parser("memorization", help="memorization score of training rows across checkpoints "
                                  "(LLM360 paper 4.3)")
     mem.add_argument("--model", required=True, help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
-    mem.add_argument("--checkpoints", default="all", help="all (chunk checkpoints), or numbers/names: 1,5,9")
+    mem.add_argument("--checkpoints", help="all (chunk checkpoints; the default), or numbers/names: 1,5,9")
     mem.add_argument("--data", help="prepared or imported data the rows come from (default for a run dir: its data)")
     mem.add_argument("--chunks", help="chunks to draw rows from, e.g. 3,4 (default: those the first checkpoint "
                      "trained on)")
-    mem.add_argument("--samples", type=int, default=1000, help="rows per checkpoint")
-    mem.add_argument("--seed", type=int, default=42)
-    mem.add_argument("--prompt-tokens", type=int, default=32)
-    mem.add_argument("--continuation-tokens", type=int, default=32)
-    mem.add_argument("--batch-size", type=int, default=64)
+    mem.add_argument("--samples", type=int, help="rows per checkpoint (default: 1000, as Analysis360)")
+    mem.add_argument("--seed", type=int, help="default: 42")
+    mem.add_argument("--prompt-tokens", type=int, help="default: 32")
+    mem.add_argument("--continuation-tokens", type=int, help="default: 32")
+    mem.add_argument("--batch-size", type=int, help="default: 64")
     mem.add_argument("--include-untrained", action="store_true", help="also rows the checkpoint has not trained on")
     mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
     mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
@@ -421,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-fewshot", type=int)
     ev.add_argument("--limit", type=int, help="documents per task (for quick looks)")
     ev.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
-    ev.add_argument("--batch-size", type=int, default=1)
-    ev.add_argument("--every", type=int, default=1, help="sweep: every K-th checkpoint")
-    ev.add_argument("--checkpoints", default="all", help="sweep: all, or numbers/names: 1,5,9")
+    ev.add_argument("--batch-size", type=int, help="default: 1")
+    ev.add_argument("--every", type=int, help="sweep: every K-th checkpoint (default: every one)")
+    ev.add_argument("--checkpoints", help="sweep: all (the default), or numbers/names: 1,5,9")
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=_eval)
 
@@ -432,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("source", help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
     gallery.add_argument("--prompts", required=True, help=".txt (one prompt per line) or JSONL with `prompt`")
     gallery.add_argument("--eval-items", help="JSONL multiple-choice items: question, choices, answer")
-    gallery.add_argument("--checkpoints", default="all", help="all (chunk checkpoints), or numbers/names: 1,5,9")
-    gallery.add_argument("--max-new-tokens", type=int, default=32)
-    gallery.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples with --seed")
-    gallery.add_argument("--seed", type=int, default=0)
+    gallery.add_argument("--checkpoints", help="all (chunk checkpoints; the default), or numbers/names: 1,5,9")
+    gallery.add_argument("--max-new-tokens", type=int, help="default: 32")
+    gallery.add_argument("--temperature", type=float, help="0 = greedy (the default); > 0 samples with --seed")
+    gallery.add_argument("--seed", type=int, help="default: 0")
     gallery.add_argument("--out", required=True)
     gallery.set_defaults(func=_gallery)
 
@@ -446,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--gpus", type=int)
     energy.add_argument("--days", type=float)
     energy.add_argument("--gpu-hours", type=float)
-    energy.add_argument("--kw-per-gpu", type=float, default=0.34, help="default: A100, as in the K2 paper")
-    energy.add_argument("--pue", type=float, default=1.1)
-    energy.add_argument("--t-per-mwh", type=float, default=0.385, help="tCO2eq per MWh (K2 paper: 0.385)")
+    energy.add_argument("--kw-per-gpu", type=float, help="default: A100's 0.34, as in the K2 paper")
+    energy.add_argument("--pue", type=float, help="default: the K2 paper's 1.1")
+    energy.add_argument("--t-per-mwh", type=float, help="tCO2eq per MWh (default: the K2 paper's 0.385)")
     energy.set_defaults(func=_report_energy)
 
     pretrain = sub.add_parser("pretrain", help="run pretraining in this process (multi-GPU: accelerate launch "

@@ -127,3 +127,18 @@ def test_internal_bugs_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(k2hf.analysis.order.ChunkOrder, "of", broken)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["data", "order", "--preset", "k2"])
+
+
+@pytest.mark.parametrize("script, flag", [("pretrain/train.py", "--config"), ("finetune/sft.py", "--recipe")])
+def test_accelerate_launch_scripts_are_wired_to_their_entry_points(script, flag, capsys, monkeypatch):
+    """The scripts `accelerate launch` runs (slow tier: real multi-process runs) parse their arguments here."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [script, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO_ROOT / script), run_name="__main__")
+    assert exit_.value.code == 0 and flag in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", [script])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO_ROOT / script), run_name="__main__")
+    assert exit_.value.code == 2 and f"the following arguments are required: {flag}" in capsys.readouterr().err

@@ -30,3 +30,23 @@ def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
     assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
     metrics = (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 36  # resumed at the end: no step retrained
+
+
+def test_demo_data_stage_prepares_then_reuses_verified_data(tmp_path, capsys):
+    """The first stage alone (fast tier): both stages' data are prepared, then reused when they verify, and
+    prepared again when they do not."""
+    from k2hf.demo import prepare_data
+    from k2hf.pretrain.data.reader import PreparedData
+
+    dirs = prepare_data(tmp_path)
+    assert [PreparedData(d).num_chunks for d in dirs.values()] == [4, 2]
+    assert [PreparedData(d).seq_len for d in dirs.values()] == [64, 128]
+    first = capsys.readouterr().out
+    assert first.count("[k2hf demo] preparing") == 2
+    chunk = next((dirs["stage1"] / "chunks").glob("*.bin"))
+    mtime = chunk.stat().st_mtime_ns
+    prepare_data(tmp_path)
+    assert capsys.readouterr().out.count("reusing verified data") == 2 and chunk.stat().st_mtime_ns == mtime
+    chunk.write_bytes(chunk.read_bytes()[:-4])  # damaged: verification fails, the stage runs again
+    prepare_data(tmp_path)
+    assert "preparing stage1" in capsys.readouterr().out and PreparedData(dirs["stage1"]).verify() == []

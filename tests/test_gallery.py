@@ -96,3 +96,23 @@ def test_choice_logliks_equal_the_models_own_loss(drill_run):
         with torch.no_grad():
             loss = model(input_ids=ids, labels=labels).loss
         assert score == pytest.approx(-loss.item() * (ids.shape[1] - cut), rel=1e-5)
+
+
+def test_bad_item_files_stop_in_one_line_naming_the_line(tmp_path):
+    from k2hf.analysis.gallery import read_items, read_prompts
+    from k2hf.errors import UserError
+
+    items = tmp_path / "items.jsonl"
+    good = json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer": 1})
+    items.write_text(good + "\n\n{broken\n")
+    with pytest.raises(UserError, match=r"items.jsonl line 3: malformed json"):
+        read_items(items)
+    items.write_text(good + "\n\n" + json.dumps({"question": "q", "choices": ["a"]}) + "\n")
+    with pytest.raises(UserError, match=r"items.jsonl line 3: missing field `answer`"):
+        read_items(items)
+    items.write_text(good + "\n\n")
+    assert read_items(items) == [json.loads(good)]  # blank lines are fine
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Once"}) + "\n" + json.dumps(["not", "an", "object"]) + "\n")
+    with pytest.raises(UserError, match=r"prompts.jsonl line 2: malformed json: a JSON list, not an object"):
+        read_prompts(prompts)
