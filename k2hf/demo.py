@@ -2,7 +2,8 @@
 
 1. K2's tokenizer (a tiny SentencePiece base trained on the samples + the 22 K2 tokens) and the pretraining data
    sequence: 4 chunks of 64-token rows (stage 1) and 2 chunks of 128-token rows (stage 2);
-2. pretraining a tiny K2 over the chunks, one checkpoint per chunk, with loss-spike detection on;
+2. pretraining a tiny K2 over the chunks, one checkpoint per chunk, with loss-spike detection on and the drill
+   (a data fault on chunk 2 drives a malignant spike; the run rolls back and defers the chunk);
 3. the stage-2 context extension (longer rows, RoPE theta 500000) from the stage-1 final checkpoint;
 4. K2-Chat SFT on the bundled OpenHermes / FLAN / Do-Not-Answer / messages samples, packed with TRL;
 5. a chat with the result.
@@ -21,6 +22,9 @@ from pathlib import Path
 from transformers import TextStreamer
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1]
+# spike detection sized for a 36-step run, and the drill: chunk 2 reads as random tokens until the first rollback
+DEMO_SPIKES = {"window": 8, "malignant_steps": 4, "recovery_steps": 2, "min_delta": 0.3}
+DRILL_CHUNK = 2
 
 
 def _step(message: str) -> None:
@@ -65,10 +69,11 @@ def pretrain(out: Path, data: dict[str, Path]) -> Path:
     from .pretrain.launch import run
 
     stage1_dir, stage2_dir = out / "pretrain" / "stage1", out / "pretrain" / "stage2"
-    spikes = {"spikes.enabled": True, "spikes.window": 8, "spikes.malignant_steps": 4, "spikes.recovery_steps": 2,
-              "spikes.min_delta": 0.3}
-    _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; "
-          "spike detection on)")
+    spikes = {"spikes.enabled": True, "spikes.drill_poison_chunk": DRILL_CHUNK,
+              **{f"spikes.{key}": value for key, value in DEMO_SPIKES.items()}}
+    _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; spike "
+          f"detection on, with a drilled data fault: chunk {DRILL_CHUNK} reads as random tokens until the first "
+          "rollback, as a bad chunk drove K2's malignant spikes)")
     run(load_train_config(_config_path("pretrain", "configs", "tiny_stage1.yaml"), {
         "data": str(data["stage1"]), "output_dir": str(stage1_dir), "global_batch_tokens": 128,
         "micro_batch_size": 1, **spikes}))
@@ -120,8 +125,7 @@ def run_demo(out: str | os.PathLike, prompt: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(out)
     base = pretrain(out, data)
-    spikes, spike_png = analyze(out / "pretrain" / "stage1", SpikeSection(window=8, malignant_steps=4,
-                                                                         recovery_steps=2, min_delta=0.3),
+    spikes, spike_png = analyze(out / "pretrain" / "stage1", SpikeSection(**DEMO_SPIKES),
                                 out / "pretrain" / "stage1" / "spikes.png")
     _step("spike analysis of stage 1:\n" + format_table(spikes))
     model_dir = finetune(out, base)
@@ -131,12 +135,15 @@ def run_demo(out: str | os.PathLike, prompt: str) -> Path:
     print("k2> ", end="", flush=True)
     reply = generate_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=32,
                            streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
-    summary = _write_summary(out, data, base, model_dir, spike_png, prompt, reply)
+    summary = _write_summary(out, data, base, model_dir, spikes, spike_png, prompt, reply)
     _step(f"done. Everything is in {out}; read {summary.name} first. Try `k2hf chat {model_dir}`.")
     return model_dir
 
 
-def _write_summary(out: Path, data: dict, base: Path, model_dir: Path, spike_png, prompt: str, reply: str) -> Path:
+def _write_summary(out: Path, data: dict, base: Path, model_dir: Path, spikes: list[dict], spike_png, prompt: str,
+                   reply: str) -> Path:
+    from .pretrain.spikes import spike_title
+
     manifest = json.loads((data["stage1"] / "manifest.json").read_text())
     report = json.loads((out / "sft" / "packed" / "report.json").read_text())
     metrics = [json.loads(line) for line in (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()]
@@ -149,8 +156,9 @@ def _write_summary(out: Path, data: dict, base: Path, model_dir: Path, spike_png
         f"stage-2 data in `{rel(data['stage2'])}`.",
         f"2. **Pretraining stage 1** `pretrain/stage1`: {len(metrics)} steps, loss {metrics[0]['loss']:.3f} -> "
         f"{metrics[-1]['loss']:.3f}; checkpoints `pretrain/stage1/checkpoints/ckpt_001..`; curves "
-        f"`pretrain/stage1/training_curves.png`; spikes `{rel(spike_png)}`; data sequence "
-        "`pretrain/stage1/data_sequence.jsonl`.",
+        f"`pretrain/stage1/training_curves.png`; {spike_title(spikes, metrics)} (the drill; `{rel(spike_png)}`; "
+        "`pretrain/stage1/spikes/` holds the diverged model); data sequence `pretrain/stage1/data_sequence.jsonl` "
+        "(`k2hf data order pretrain/stage1` shows the order the rollback changed).",
         f"3. **Stage 2** (context extension): final checkpoint `{rel(base)}`.",
         f"4. **SFT**: {report['documents']} conversations packed into {report['rows']} rows (fill "
         f"{report['fill_ratio']:.3f}, {report['trained_fraction']:.0%} of tokens trained); report "

@@ -21,8 +21,14 @@ def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
         assert (out / png).stat().st_size > 10_000, png
     report = json.loads((out / "sft" / "packed" / "report.json").read_text())
     assert report["rows"] > 0 and (out / "sft" / "final" / "model.safetensors").is_file()
+    # the drill: chunk 2 poisoned until the first rollback -> a malignant spike, rolled back, chunk 2 deferred
+    (spike,) = [json.loads(line) for line in (out / "pretrain" / "stage1" / "spikes.jsonl").read_text().splitlines()
+                if json.loads(line)["class"] == "malignant"]
+    assert spike["action"] == "rollback to ckpt_002 + defer_chunk"
+    final = json.loads((out / "pretrain" / "stage1" / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
+    assert final["order"] == [0, 1, 3, 2] and final["rollbacks"] == 1
     summary = (out / "SUMMARY.md").read_text()
-    assert "sft/final" in summary and "k2> " in summary
+    assert "sft/final" in summary and "k2> " in summary and "Loss spikes: 1 malignant (rolled back)" in summary
     mtime = (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
     assert cli.main(["demo", "--out", str(out)]) == 0
     second = capsys.readouterr().out

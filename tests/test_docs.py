@@ -61,7 +61,9 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
             pytest.fail(f"README command not covered by this test: {command}")
     out = capsys.readouterr().out
     assert "verified: every chunk hash and count matches the manifest" in out
-    assert "ckpt_003 <- chunk 2" in out and "chunk 2 row 5 (64 tokens)" in out
+    # the demo's drill deferred chunk 2: `data order` shows the order as trained, and what was planned
+    assert "ckpt_003 <- chunk 3 (step 27)  [planned: chunk 2]" in out and "ckpt_004 <- chunk 2 (step 36)" in out
+    assert "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
     assert ran.count("launch") == 2
     assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval"} <= set(ran)
