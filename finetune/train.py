@@ -9,7 +9,6 @@ k2hf packs the data itself (see :mod:`.packing`) and hands TRL finished rows (``
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from k2hf.modeling import K2ForCausalLM
 from k2hf.tokenizer import save_tokenizer
 
 from .packing import load_packed, load_sft_tokenizer
-from .recipe import RecipeError, SFTRecipe, load_recipe
+from .recipe import RecipeError, SFTRecipe
 
 logger = get_logger(__name__)  # accelerate's: rank 0 only
 
@@ -133,20 +132,3 @@ def _save_history(history: list[dict], out: Path) -> None:
                for h in history if "loss" in h]
     (out / "sft_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     plot_training_curves(records, out / "sft_curves.png", title=f"K2-Chat SFT ({out.name})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from k2hf.console import configure_logging
-    from k2hf.recipes import parse_overrides
-
-    parser = argparse.ArgumentParser(description="K2-Chat SFT on TRL (launch with `accelerate launch`).")
-    parser.add_argument("--recipe", required=True)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. train.max_steps=10")
-    args = parser.parse_args(argv)
-    configure_logging()
-    out = train(load_recipe(args.recipe, parse_overrides(args.set)))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"saved the fine-tuned model to {out}")
-    return 0

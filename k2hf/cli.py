@@ -271,7 +271,7 @@ def _spikes_analyze(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .pretrain.launch import main as pretrain_main
+    from .pretrain.train import main as pretrain_main
 
     return pretrain_main(["--config", args.config, "--set", *args.set])
 
@@ -294,7 +294,7 @@ def _sft_pack(args: argparse.Namespace) -> int:
 
 
 def _sft_train(args: argparse.Namespace) -> int:
-    from .finetune.train import main as sft_main
+    from .finetune.sft import main as sft_main
 
     return sft_main(["--recipe", args.recipe, "--set", *args.set])
 
