@@ -34,7 +34,7 @@ from .config import BatchGeometry, TrainConfig, TrainConfigError, batch_geometry
 from .data.reader import PreparedData
 from .monitoring import RunLogs, device_peak_tflops, flops_per_token, peak_memory_gb
 from .position import DataPosition, Step, poisoned_chunk
-from .spikes import SpikeAction, SpikeMonitor
+from .spikes import Spike, SpikeAction, SpikeMonitor
 
 logger = get_logger(__name__)  # accelerate's: rank 0 only
 
@@ -300,11 +300,10 @@ class Pretrainer:
         self.logs.spikes.append({**spike.summary(), "action": outcome})
         return outcome != "none"
 
-    def _roll_back(self, target: Path, spike, evidence: str) -> None:
+    def _roll_back(self, target: Path, spike: Spike, evidence: str) -> None:
         diverged_at = self.progress.global_step
         self.load_state_dict(self.checkpointer.load(target), rollback=True)
-        self.monitor.apply_policy(self.position, spike, self.progress.rollbacks)
-        self.total_steps = self.position.planned_steps(self.config.max_steps)
+        self.monitor.apply_policy(self.position, spike, self.progress.rollbacks)  # reorders or skips: same plan
         self.position.fault = None  # the drill's fault is transient
         step = self.progress.global_step
         self.logs.data.append({
