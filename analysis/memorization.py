@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 import k2hf.checkpoints as checkpoints_api
 from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
+from k2hf.modeling import CACHE_ARG
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
 
@@ -58,13 +60,12 @@ def greedy_continuations(model, prompts: torch.Tensor, new_tokens: int) -> torch
     model predicts eos (``generate`` stops there and pads), and ``min_new_tokens`` would change the argmax by
     masking eos. Prompts all have the same length, so no padding or attention mask is involved.
     """
-    out = model(input_ids=prompts, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cached = {CACHE_ARG: DynamicCache(config=model.config), "use_cache": True}  # filled in place by each call
+    out = model(input_ids=prompts, logits_to_keep=1, **cached)
     token = out.logits[:, -1].argmax(-1)
     tokens = [token]
     for _ in range(new_tokens - 1):
-        out = model(input_ids=token[:, None], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=token[:, None], **cached)
         token = out.logits[:, -1].argmax(-1)
         tokens.append(token)
     return torch.stack(tokens, dim=1)

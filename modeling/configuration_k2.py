@@ -14,6 +14,7 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 LLAMA_MODEL_TYPE = "llama"
+LLAMA_PREFIX = "Llama"  # LlamaForCausalLM <-> K2ForCausalLM, LlamaForSequenceClassification <-> K2For...
 K2_VOCAB_ROWS = 32032  # embedding rows of every K2 checkpoint (32022 tokens used, padded to a multiple of 32)
 
 
@@ -30,7 +31,8 @@ class K2Config(PreTrainedConfig):
     ```"""
 
     model_type = "k2"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The KV cache in model outputs: `cache` from transformers 5.24 on, `past_key_values` before.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     # Same tensor/pipeline-parallel plans as LLaMA: the parameter names are identical.
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",
@@ -151,11 +153,15 @@ _K2_65B: dict[str, Any] = {
 
 
 def llama_dict_to_k2(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """Relabel a ``model_type: llama`` config dict as K2 (fields are identical; drop LLaMA-only keys)."""
+    """Relabel a ``model_type: llama`` config dict as K2 (fields are identical; drop LLaMA-only keys); each
+    ``LlamaFor...`` architecture becomes the ``K2For...`` head of the same name."""
     converted = {k: v for k, v in config_dict.items() if k not in ("architectures", "auto_map", "pretraining_tp")}
     converted["model_type"] = K2Config.model_type
-    converted["architectures"] = ["K2ForCausalLM"]
+    converted["architectures"] = [
+        "K2" + name.removeprefix(LLAMA_PREFIX) if name.startswith(LLAMA_PREFIX) else name
+        for name in config_dict.get("architectures") or ["LlamaForCausalLM"]
+    ]
     return converted
 
 
-__all__ = ["K2Config", "K2_VOCAB_ROWS", "llama_dict_to_k2"]
+__all__ = ["K2Config", "K2_VOCAB_ROWS", "LLAMA_PREFIX", "llama_dict_to_k2"]

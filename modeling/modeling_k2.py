@@ -16,6 +16,8 @@ layers are ``GradientCheckpointingLayer``s, and outputs are recorded with ``capt
 This file ships inside checkpoints as remote code: it imports only ``torch``, ``transformers`` and its sibling.
 """
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -25,16 +27,48 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.auto import AutoModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_k2 import K2Config
+
+# transformers 5.24 renamed the KV-cache argument of model forwards, decoder layers, mask builders and model outputs
+# from `past_key_values` to `cache` (the old name is deprecated until 5.40). K2 speaks the installed version's name
+# to transformers, and accepts both from callers.
+CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def accepts_both_cache_names(forward: Callable) -> Callable:
+    """Let ``forward`` (whose argument is ``cache``) also be called with ``past_key_values``.
+
+    Under transformers >= 5.24 the old name is deprecated exactly as in transformers' own models; before 5.24 it
+    is the name ``generate`` uses, so it is taken silently.
+    """
+    if CACHE_ARG == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+    @functools.wraps(forward)
+    def forward_taking_past_key_values(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            if kwargs.get("cache") is not None:
+                raise ValueError("Pass the KV cache once, as `cache` or `past_key_values`, not both.")
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return forward(*args, **kwargs)
+
+    return forward_taking_past_key_values
 
 
 class K2RMSNorm(nn.Module):
@@ -174,7 +208,7 @@ class K2Attention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -185,8 +219,8 @@ class K2Attention(nn.Module):
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -221,17 +255,18 @@ class K2DecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # The cache arrives under CACHE_ARG: that is the name GradientCheckpointingLayer drops when it recomputes.
+        cache = kwargs.pop(CACHE_ARG, None)
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -250,7 +285,7 @@ class K2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["K2DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_ARG]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -262,18 +297,18 @@ class K2PreTrainedModel(PreTrainedModel):
     }
 
 
-def _cache_for_mask(past_key_values: Cache | None) -> Cache | None:
+def _cache_for_mask(cache: Cache | None) -> Cache | None:
     """The cache that mask creation must size against, or ``None`` when it holds nothing yet.
 
-    transformers only detects packed documents (``position_ids`` restarting) when ``past_key_values is None``.
+    transformers only detects packed documents (``position_ids`` restarting) when no cache is given.
     A forward pass with the default ``use_cache=True`` creates an empty ``DynamicCache`` first, so stock LLaMA
     silently falls back to one causal mask over the whole packed row and documents attend to each other.
     An empty dynamic cache adds no keys, so sizing the mask without it is identical except that packing is
     detected. Static (compileable) caches keep their fixed kv length and are always passed through.
     """
-    if past_key_values is None or getattr(past_key_values, "is_compileable", False):
-        return past_key_values
-    return past_key_values if past_key_values.get_seq_length() > 0 else None
+    if cache is None or getattr(cache, "is_compileable", False):
+        return cache
+    return cache if cache.get_seq_length() > 0 else None
 
 
 def _chunk_loss_sum(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -334,6 +369,7 @@ class K2Model(K2PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @accepts_both_cache_names
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -341,7 +377,7 @@ class K2Model(K2PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -350,10 +386,10 @@ class K2Model(K2PreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
@@ -361,8 +397,8 @@ class K2Model(K2PreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=_cache_for_mask(past_key_values),
             position_ids=position_ids,
+            **{CACHE_ARG: _cache_for_mask(cache)},
         )
 
         hidden_states = inputs_embeds
@@ -373,12 +409,12 @@ class K2Model(K2PreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE_ARG: cache},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_ARG: cache})
 
 
 class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
@@ -395,13 +431,14 @@ class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_both_cache_names
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -412,7 +449,7 @@ class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -430,9 +467,9 @@ class K2ForCausalLM(K2PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
         )
 
 
@@ -441,4 +478,38 @@ def _keeps_all(logits_to_keep: int | torch.Tensor) -> bool:
     return isinstance(logits_to_keep, int) and logits_to_keep == 0
 
 
-__all__ = ["K2ForCausalLM", "K2Model", "K2PreTrainedModel"]
+class K2HeadMixin:
+    """Builds the decoder of transformers' generic heads, which call ``AutoModel.from_config(config)``.
+
+    Registration is keyed by the config class, and loading this file as remote code makes a fresh ``K2Config``
+    class per load, so the pair is registered for the config actually given (a no-op when k2hf already did).
+    """
+
+    def __init__(self, config: K2Config) -> None:
+        AutoModel.register(type(config), K2Model, exist_ok=True)
+        super().__init__(config)
+
+
+class K2ForSequenceClassification(K2HeadMixin, GenericForSequenceClassification, K2PreTrainedModel):
+    """K2 with a linear score head on the last non-padding token (e.g. a reward model for RLHF / DPO)."""
+
+
+class K2ForTokenClassification(K2HeadMixin, GenericForTokenClassification, K2PreTrainedModel):
+    """K2 with a linear score head on every token."""
+
+
+class K2ForQuestionAnswering(K2HeadMixin, GenericForQuestionAnswering, K2PreTrainedModel):
+    """K2 with a span-start / span-end head for extractive question answering."""
+
+    base_model_prefix = "transformer"  # as LlamaForQuestionAnswering names it, so exports copy weights unchanged
+
+
+__all__ = [
+    "CACHE_ARG",
+    "K2ForCausalLM",
+    "K2ForQuestionAnswering",
+    "K2ForSequenceClassification",
+    "K2ForTokenClassification",
+    "K2Model",
+    "K2PreTrainedModel",
+]
