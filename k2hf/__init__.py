@@ -1,9 +1,12 @@
 """k2hf: the Hugging Face-ecosystem home of the LLM360 K2 model family.
 
-``import k2hf`` registers K2 with ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM`` (``model_type="k2"``).
+``import k2hf`` registers K2 (``model_type="k2"``) with ``AutoConfig`` and the Auto model classes LLaMA has:
+``AutoModel``, ``AutoModelForCausalLM``, ``...ForSequenceClassification``, ``...ForTokenClassification``,
+``...ForQuestionAnswering``.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import transformers
+from transformers import AutoConfig
 
 from .chat_template import (
     ConversationError,
@@ -14,7 +17,17 @@ from .chat_template import (
     k2_chat_template,
     validate_conversation,
 )
-from .modeling import K2_VOCAB_ROWS, K2Config, K2ForCausalLM, K2Model, K2PreTrainedModel
+from .modeling import (
+    AUTO_CLASSES,
+    K2_VOCAB_ROWS,
+    K2Config,
+    K2ForCausalLM,
+    K2ForQuestionAnswering,
+    K2ForSequenceClassification,
+    K2ForTokenClassification,
+    K2Model,
+    K2PreTrainedModel,
+)
 from .tokenizer import (
     K2_ADDED_TOKENS,
     K2_CHAT_TOKENS,
@@ -25,8 +38,8 @@ from .tokenizer import (
 )
 
 AutoConfig.register(K2Config.model_type, K2Config, exist_ok=True)
-AutoModel.register(K2Config, K2Model, exist_ok=True)
-AutoModelForCausalLM.register(K2Config, K2ForCausalLM, exist_ok=True)
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    getattr(transformers, _auto_class).register(K2Config, _model_class, exist_ok=True)
 
 __version__ = "0.1.0"
 
@@ -38,6 +51,9 @@ __all__ = [
     "ConversationError",
     "K2Config",
     "K2ForCausalLM",
+    "K2ForQuestionAnswering",
+    "K2ForSequenceClassification",
+    "K2ForTokenClassification",
     "K2Model",
     "K2PreTrainedModel",
     "apply_chat_template_to",

@@ -13,7 +13,8 @@ from pathlib import Path
 from transformers import LlamaConfig
 
 from .checkpoints import CheckpointError, check_model_dir
-from .modeling import K2Config
+from .modeling import AUTO_CLASSES, K2Config
+from .modeling.configuration_k2 import LLAMA_PREFIX
 
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 COPIED_FILES = (
@@ -31,13 +32,28 @@ K2_ONLY_FIELDS = ("chunked_loss", "loss_chunk_size")
 
 
 def k2_to_llama_config(config: K2Config) -> LlamaConfig:
-    """The ``LlamaConfig`` that describes the same network as ``config``."""
+    """The ``LlamaConfig`` that describes the same network as ``config`` (each ``K2For...`` head becomes
+    ``LlamaFor...``, whose parameter names are the same)."""
     fields = config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", *K2_ONLY_FIELDS):
         fields.pop(key, None)
     llama = LlamaConfig(**fields)
-    llama.architectures = ["LlamaForCausalLM"]
+    llama.architectures = [LLAMA_PREFIX + name.removeprefix("K2") for name in architectures(config)]
     return llama
+
+
+def architectures(config: K2Config) -> list[str]:
+    """The K2 model classes ``config`` is for (``K2ForCausalLM`` when it names none)."""
+    return list(config.architectures or ["K2ForCausalLM"])
+
+
+def model_class(config: K2Config) -> type:
+    """The K2 class of ``config``'s first architecture; one line of error for a class K2 does not have."""
+    classes = {cls.__name__: cls for cls in AUTO_CLASSES.values()}
+    name = architectures(config)[0]
+    if name not in classes:
+        raise CheckpointError(f"config.json names architecture {name!r}; K2 has {sorted(classes)}")
+    return classes[name]
 
 
 def export_to_llama(src: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -71,8 +87,6 @@ def check_weights(folder: Path, config: K2Config) -> None:
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from .modeling import K2ForCausalLM
-
     found: dict[str, list[int]] = {}
     for path in sorted(folder.glob("*.safetensors")):
         try:
@@ -81,7 +95,7 @@ def check_weights(folder: Path, config: K2Config) -> None:
         except SafetensorError as error:
             raise CheckpointError(f"{path} is damaged or truncated ({error})") from None
     with torch.device("meta"):
-        expected = {k: list(v.shape) for k, v in K2ForCausalLM(config).state_dict().items()}
+        expected = {k: list(v.shape) for k, v in model_class(config)(config).state_dict().items()}
     missing = sorted(expected.keys() - found.keys())
     wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
     if missing or wrong:
