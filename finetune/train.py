@@ -8,6 +8,7 @@ k2hf packs the data itself (see :mod:`.packing`) and hands TRL finished rows (``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,7 +68,23 @@ def sft_config(recipe: SFTRecipe):
     if args.get("bf16") and not torch.cuda.is_available():
         args["bf16"] = False  # TRL's default bf16 raises on CPU
     args = {k: v for k, v in args.items() if v is not None or k == "max_length"}
-    return SFTConfig(**args)
+    return SFTConfig(**_checkpointing_under_installed_name(SFTConfig, args))
+
+
+def _checkpointing_under_installed_name(config_class: type, args: dict) -> dict:
+    """transformers 5.24 renamed ``gradient_checkpointing[_kwargs]`` to ``activation_checkpointing[_kwargs]`` (the
+    old names warn), while TRL still defaults the old one to on. Recipes keep the old, documented name; it goes to
+    the name the installed transformers reads, with TRL's default when the recipe says nothing."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if "activation_checkpointing" not in fields:
+        return args
+    args = dict(args)
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in args:
+            args.setdefault(new, args.pop(old))
+    args.setdefault("activation_checkpointing", fields["gradient_checkpointing"].default)
+    return args
 
 
 def check_model_fits(recipe: SFTRecipe) -> None:
