@@ -98,6 +98,8 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     spikes: SpikeSection = field(default_factory=SpikeSection)
+    # Resume even though the prepared data changed since the checkpoint (recorded in data_sequence.jsonl).
+    allow_data_change: bool = False
     base_dir: str = "."
 
     def to_dict(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class DataPosition:
 
     def tokens(self, chunk: int, rows: np.ndarray) -> np.ndarray:
         """Token rows for row indices of a chunk, through the data fault when one is injected."""
-        tokens = self.data.chunk(chunk).tokens[rows]
+        tokens = self.data.read_rows(chunk, rows)
         return self.fault(chunk, rows, tokens) if self.fault is not None else tokens
 
     def row_order(self, chunk: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from k2hf.checkpoints import chunk_checkpoint_name, step_checkpoint_name
+from k2hf.data_format import MANIFEST
 from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tokenizer import padded_vocab_rows
 
@@ -121,6 +122,7 @@ class Pretrainer:
             raise TrainConfigError(
                 f"model vocab_size {model_config.vocab_size} < tokenizer size {vocab}: set model.overrides.vocab_size"
             )
+        self.data.check_readable(self.position.order)  # before any weight is built
         if model_config.max_position_embeddings < self.data.seq_len:
             raise TrainConfigError(
                 f"data seq_len {self.data.seq_len} exceeds max_position_embeddings "
@@ -164,7 +166,8 @@ class Pretrainer:
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """What ``trainer_state.json`` holds: the counters, the data position, and the data log's length."""
-        return {**asdict(self.progress), **self.position.state_dict(), "data_log_lines": self.logs.data.line_count()}
+        return {**asdict(self.progress), **self.position.state_dict(), "data_log_lines": self.logs.data.line_count(),
+                "data_manifest_sha256": self.data.manifest_sha256}
 
     def load_state_dict(self, state: dict, rollback: bool = False) -> None:
         rollbacks = self.progress.rollbacks
@@ -190,8 +193,13 @@ class Pretrainer:
         resumed = self.checkpointer.resume()
         if resumed is not None:
             path, state = resumed
+            self._check_same_data(path, state)
             self.load_state_dict(state)
             self.logs.resume(state)
+            if state.get("data_manifest_sha256", self.data.manifest_sha256) != self.data.manifest_sha256:
+                self.logs.data.append({"step": self.progress.global_step, "event": "data_changed",
+                                       "from": state["data_manifest_sha256"], "to": self.data.manifest_sha256,
+                                       "data": str(self.data.path.resolve())})
             logger.info("resumed from %s at step %d", path.name, self.progress.global_step)
         else:
             self.logs.start(self.position.order, str(self.data.path.resolve()))
@@ -202,6 +210,16 @@ class Pretrainer:
         if drill is not None and self.progress.rollbacks == 0:  # the drill's fault lasts until the first rollback
             self.position.fault = poisoned_chunk(drill, self.data.manifest["tokenizer"]["vocab"], self.config.seed)
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
+
+    def _check_same_data(self, checkpoint: Path, state: dict) -> None:
+        """Refuse to resume onto data other than the checkpoint's (unless ``allow_data_change``)."""
+        recorded = state.get("data_manifest_sha256")  # None: a checkpoint from before this was recorded
+        if recorded is None or recorded == self.data.manifest_sha256 or self.config.allow_data_change:
+            return
+        raise TrainConfigError(
+            f"{self.data.path / MANIFEST} changed since {checkpoint.name} was saved (sha256 {recorded[:12]} -> "
+            f"{self.data.manifest_sha256[:12]}): resuming would train on other rows. Point `data:` at the data this "
+            "run started on, or rerun with --set allow_data_change=true to continue on the new data on purpose")
 
     def train_step(self, step: Step) -> tuple[float, float]:
         """One optimizer step over this rank's rows (gradient accumulation inside); returns (loss, grad norm)."""

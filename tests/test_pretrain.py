@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -290,3 +291,58 @@ def test_shipped_recipes_parse(tmp_path):
     stage2 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage2.yaml")
     assert (stage2.optim.lr, stage2.optim.min_lr, stage2.optim.schedule, stage2.model.rope_theta) == (
         1e-4, 0.0, "linear", 500000)
+
+
+def _copy_of(data: Path, tmp: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(data, tmp / "data"))
+
+
+def test_resume_onto_changed_data_is_refused_unless_allowed(sample_data, tmp_path):
+    """A checkpoint records its data's manifest hash; a relaunch on re-prepared data stops with one line naming
+    the manifest, and continues only on purpose (``allow_data_change``), recorded in the data log."""
+    from k2hf.pretrain.data.reader import PreparedData
+
+    data = _copy_of(sample_data / "stage1", tmp_path)
+    recipe = _recipe(tmp_path, data, max_steps=4, checkpoint={"every_steps": 2})
+    _train_in_process(recipe)
+    state = json.loads((latest_checkpoint(tmp_path / "run" / "checkpoints") / TRAINER_STATE).read_text())
+    assert state["data_manifest_sha256"] == PreparedData(data).manifest_sha256
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["chunk_order"] = list(reversed(manifest["chunk_order"]))  # as another recipe would prepare it
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainConfigError, match=r"manifest.json changed since \w+ was saved .* "
+                                               r"allow_data_change=true"):
+        _train_in_process(recipe, max_steps=6)
+    _train_in_process(recipe, max_steps=6, allow_data_change=True)
+    events = [json.loads(line) for line in (tmp_path / "run" / "data_sequence.jsonl").read_text().splitlines()]
+    changed = [e for e in events if e.get("event") == "data_changed"]
+    assert len(changed) == 1 and changed[0]["from"] == state["data_manifest_sha256"]
+    assert changed[0]["to"] == PreparedData(data).manifest_sha256 and changed[0]["step"] == state["global_step"]
+    assert max(e["step"] for e in events) == 6
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_missing_or_damaged_chunk_fails_at_start(sample_data, tmp_path, damage):
+    data = _copy_of(sample_data / "stage1", tmp_path)
+    chunk = json.loads((data / "manifest.json").read_text())["chunks"][2]["file"]
+    if damage == "missing":
+        (data / chunk).unlink()
+        message = rf"chunk 2: .*{chunk} is missing"
+    else:
+        (data / chunk).write_bytes((data / chunk).read_bytes()[:-10])
+        message = rf"chunk 2: .*{chunk} has \d+ bytes, its manifest says \d+"
+    from k2hf.pretrain.data.reader import DataCheckError
+
+    with pytest.raises(DataCheckError, match=message):
+        _train_in_process(_recipe(tmp_path, data))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained on the way there
+
+
+def test_row_read_errors_name_chunk_and_rows(sample_data):
+    from k2hf.pretrain.data.reader import DataCheckError, PreparedData
+
+    data = PreparedData(sample_data / "stage1")
+    with pytest.raises(DataCheckError, match=r"reading rows \[0, 99999\] of chunk 1 \(.*\) failed"):
+        data.read_rows(1, np.array([0, 99999]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ class DataIndexError(UserError, IndexError):
 
 class NotPreparedDataError(UserError, FileNotFoundError):
     """A folder without a prepared-data manifest."""
+
+
+class DataCheckError(UserError):
+    """Prepared data a run cannot read as its manifest describes (a missing or damaged chunk, ids too large)."""
 
 
 @dataclass
@@ -58,7 +63,10 @@ class PreparedData:
         if not manifest.is_file():
             raise NotPreparedDataError(f"{self.path} has no {MANIFEST}: not prepared data (run `k2hf data prepare` "
                                        "or `k2hf data import-k2` first)")
-        self.manifest = json.loads(manifest.read_text())
+        text = manifest.read_bytes()
+        self.manifest = json.loads(text)
+        # The data's identity: a checkpoint records it, and a resume onto other data is refused.
+        self.manifest_sha256: str = hashlib.sha256(text).hexdigest()
         self.seq_len: int = self.manifest["seq_len"]
         self.dtype = np.dtype(self.manifest["dtype"])
         self.chunk_order: list[int] = self.manifest["chunk_order"]
@@ -76,6 +84,35 @@ class PreparedData:
         else:  # an empty chunk, or one a partial K2 import left out
             tokens = np.zeros((0, self.seq_len), self.dtype)
         return Chunk(index, tokens, self.path / info["pieces_file"] if info["pieces_file"] else None)
+
+    def check_readable(self, chunks: list[int]) -> None:
+        """Before a run reads anything, in O(chunks): every chunk file it will read exists with the size its
+        manifest gives, and the data's dtype holds every id of its tokenizer (the trainer checks the model's
+        embedding rows against the same tokenizer size). Raises :class:`DataCheckError` naming what is wrong."""
+        vocab = self.manifest["tokenizer"]["vocab"]
+        if vocab > np.iinfo(self.dtype).max + 1:
+            raise DataCheckError(f"{self.path}: dtype {self.dtype} cannot hold the tokenizer's {vocab} ids")
+        for index in chunks:
+            info = self.manifest["chunks"][index]
+            if not info["rows"]:
+                continue
+            path = self.path / info["file"]
+            expected = info["rows"] * self.seq_len * self.dtype.itemsize
+            if not path.is_file():
+                raise DataCheckError(f"chunk {index}: {path} is missing (re-run `k2hf data prepare`)")
+            if path.stat().st_size != expected:
+                raise DataCheckError(f"chunk {index}: {path} has {path.stat().st_size} bytes, its manifest says "
+                                     f"{expected} ({info['rows']} rows x {self.seq_len} x {self.dtype.itemsize}): "
+                                     "damaged or from another preparation (re-run `k2hf data prepare`)")
+
+    def read_rows(self, chunk: int, rows: np.ndarray) -> np.ndarray:
+        """Token rows ``rows`` of chunk ``chunk``; a read error names the chunk, its file and the rows."""
+        try:
+            return np.asarray(self.chunk(chunk).tokens[rows])
+        except (OSError, ValueError, IndexError) as error:
+            file = self.manifest["chunks"][chunk]["file"]
+            raise DataCheckError(f"reading rows {list(map(int, rows))[:8]} of chunk {chunk} ({self.path / file}) "
+                                 f"failed: {error}") from error
 
     def chunk_for_checkpoint(self, checkpoint: int) -> int:
         """The chunk that checkpoint ``checkpoint`` (1-based, like ``ckpt_001``) was trained on."""
