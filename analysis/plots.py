@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from k2hf.curves import save_figure
+
 
 def _pyplot():
     import matplotlib
@@ -35,7 +37,7 @@ def plot_score_histograms(per_checkpoint: dict[str, dict], k: int, out: Path) ->
     ax.set_title("Memorization score distribution per checkpoint")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -57,7 +59,7 @@ def plot_correlation_heatmap(names: list[str], matrix: np.ndarray, out: Path) ->
     fig.colorbar(image, ax=ax, label="Pearson r of per-row scores")
     ax.set_title("Memorization: correlation between checkpoints")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -90,6 +92,6 @@ def plot_sweep(rows: list[dict], out: Path) -> Path | None:
     axes[-1, 0].set_xlabel("tokens seen" if use_tokens else "checkpoint")
     axes[0, 0].set_title("Evaluation across checkpoints")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out

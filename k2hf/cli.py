@@ -486,16 +486,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
     args = parser.parse_args(argv)
     from .console import configure_logging
-    from .errors import UserError
+    from .errors import UserError, hub_access_problem
 
     configure_logging()
 
+    debug = args.debug or os.environ.get("K2HF_DEBUG") == "1"
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("k2hf: interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
     except UserError as error:  # something the user can fix: one line, exit 2 (K2HF_DEBUG=1 for the traceback)
-        if args.debug or os.environ.get("K2HF_DEBUG") == "1":
+        if debug:
             raise
         print(f"k2hf: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a Hub repo that cannot be reached or found is a user matter too
+        problem = hub_access_problem(error)
+        if problem is None or debug:
+            raise
+        print(f"k2hf: error: {problem}", file=sys.stderr)
         return 2
 
 

@@ -3,6 +3,7 @@ SFT and the spike analysis, and a one-line PNG for when there is nothing to draw
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -46,7 +47,7 @@ def plot_training_curves(records: list[dict], out: Path, spans: list[dict] | Non
     axes[0].set_title(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -62,6 +63,15 @@ def plot_message(out: Path, title: str, detail: str) -> Path:
     fig.text(0.5, 0.62, title, ha="center", va="center", fontsize=13)
     fig.text(0.5, 0.28, detail, ha="center", va="center", fontsize=9, color="0.35")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out)
     plt.close(fig)
+    return out
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Write ``fig`` as PNG beside ``out`` and move it into place: an interrupt never leaves half a picture."""
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    fig.savefig(partial, dpi=100, format="png")
+    os.replace(partial, out)
     return out

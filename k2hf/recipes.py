@@ -32,7 +32,13 @@ def load_yaml_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None, 
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(problem, "problem", None) or str(problem).splitlines()[0]
+        raise error(f"{what} {path} is not valid YAML ({reason} at{where})") from None
     if not isinstance(raw, dict):
         raise error(f"{what} {path} must be a YAML mapping")
     raw.setdefault("base_dir", str(path.parent))

@@ -33,6 +33,8 @@ def places(tmp_path_factory, tiny_tokenizer):
                                           '{"messages": []}\n')
     (root / "no-valid.yaml").write_text(f"model: {model}\noutput_dir: {root / 'sft'}\nnum_proc: 1\nsources:\n"
                                         f"  - {{name: chats, kind: messages, paths: ['{root / 'bad-chats.jsonl'}']}}\n")
+    (root / "no-model.yaml").write_text("sources: []\n")
+    (root / "broken.yaml").write_text("sources: [\n  - bad\n")
     return root
 
 
@@ -85,6 +87,12 @@ def _cases(root, data):
          "max_length 100000 exceeds the model's max_position_embeddings"),
         (["sft", "pack", "--recipe", str(root / "no-valid.yaml")],
          "the SFT mixture has no conversation to train on (chats: 2 read, rejected"),
+        (["checkpoints", "list", "runs/stage1"], "the Hub is offline here (HF_HUB_OFFLINE=1)"),
+        (["chat", "LLM360/K2-Chat", "--prompt", "hi"], "a local path? it does not exist here"),
+        (["sft", "pack", "--recipe", str(root / "no-model.yaml")], "SFT recipe needs `model`"),
+        (["sft", "pack", "--recipe", str(root / "broken.yaml")], "is not valid YAML (expected the node content"),
+        (["pretrain", "--config", str(root / "broken.yaml")], "broken.yaml is not valid YAML (expected the node "
+                                                              "content, but found '-' at line 2, column 3)"),
     ]
 
 
@@ -105,6 +113,24 @@ def test_every_subcommand_answers_mistakes_in_one_line(places, sample_data, caps
         lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
         assert "Traceback" not in err and len(lines) == 1, (argv, err)
         assert lines[0].startswith("k2hf") and expected in lines[0], (argv, err)
+
+
+def test_unreachable_hub_is_one_line(tmp_path):
+    """No network (here: a closed port on this machine as the endpoint): a Hub id, or a path taken for one."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0",
+           "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "2"}
+    result = subprocess.run([sys.executable, "-m", "k2hf.cli", "checkpoints", "list", "runs/stage1"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("k2hf: error: cannot reach the Hub (ConnectError")
 
 
 def test_debug_shows_the_traceback(places, monkeypatch):

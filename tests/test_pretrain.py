@@ -346,3 +346,22 @@ def test_row_read_errors_name_chunk_and_rows(sample_data):
     data = PreparedData(sample_data / "stage1")
     with pytest.raises(DataCheckError, match=r"reading rows \[0, 99999\] of chunk 1 \(.*\) failed"):
         data.read_rows(1, np.array([0, 99999]))
+
+
+def test_ctrl_c_in_pretrain_is_one_line_exit_130_and_resumable(sample_data, tmp_path):
+    recipe = _recipe(tmp_path, sample_data / "stage1", checkpoint={"every_steps": 2})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "k2hf.cli", "pretrain", "--config", str(recipe)], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("k2hf:")]  # (besides log lines and the bar)
+    assert said == ["k2hf: interrupted: rerun the same command to resume"], err[-3000:]
+    assert not list((tmp_path / "run").glob(".*.partial"))  # no half-written picture
+    _train_in_process(recipe)  # rerun: resumes from the last checkpoint and finishes
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
