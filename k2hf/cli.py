@@ -257,12 +257,10 @@ def _report_energy(args: argparse.Namespace) -> int:
 
 
 def _spikes_analyze(args: argparse.Namespace) -> int:
-    from .pretrain.config import SpikeSection
-    from .pretrain.spikes import analyze, format_table
+    from .pretrain.spikes import analysis_settings, analyze, format_table
 
-    given = {"window": args.window, "threshold": args.threshold, "min_delta": args.min_delta,
-             "recovery_steps": args.recovery_steps, "malignant_steps": args.malignant_steps}
-    config = SpikeSection(**{k: v for k, v in given.items() if v is not None})  # defaults: SpikeSection's own
+    config = analysis_settings(args.source, window=args.window, threshold=args.threshold, min_delta=args.min_delta,
+                               recovery_steps=args.recovery_steps, malignant_steps=args.malignant_steps)
     spikes, png = analyze(args.source, config, args.out)
     print(format_table(spikes))
     if png:
@@ -411,10 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     spikes = sub.add_parser("spikes", help="loss-spike analysis").add_subparsers(dest="spikes_command", required=True)
     analyze = spikes.add_parser("analyze", help="table + PNG of benign/malignant spikes of a run or a CSV/JSONL curve")
     analyze.add_argument("source", help="a pretraining run dir, or a CSV/JSONL with step, loss, grad_norm")
-    analyze.add_argument("--out", help="PNG path (default: spikes.png beside the source)")
+    analyze.add_argument("--out", help="PNG path (default: spikes_analysis.png beside the source)")
     for flag, kind in (("--window", int), ("--threshold", float), ("--min-delta", float), ("--recovery-steps", int),
                        ("--malignant-steps", int)):
-        analyze.add_argument(flag, type=kind, help="default: the pretraining recipe's `spikes:` default")
+        analyze.add_argument(flag, type=kind, help="default: the run's own setting (recorded at its start), else "
+                             "the pretraining recipe's `spikes:` default")
     analyze.set_defaults(func=_spikes_analyze)
 
     ev = sub.add_parser("eval", help="lm-evaluation-harness on a model (k2hf eval MODEL) or on every checkpoint "

@@ -83,6 +83,20 @@ class SpikeSection:
     # spike on purpose so that detection, rollback and every policy can be exercised end to end.
     drill_poison_chunk: int | None = None
 
+    def __post_init__(self) -> None:
+        """Settings the detector cannot work with fail here, wherever the section is built (recipe, CLI, demo)."""
+        limits = {"window": 4, "recovery_steps": 1, "malignant_steps": 1, "max_rollbacks": 0}  # smallest allowed
+        for name, smallest in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and value < smallest:
+                why = " (the detector judges a loss only after 4 healthy ones)" if name == "window" else ""
+                raise TrainConfigError(f"spikes.{name} must be at least {smallest}{why}, got {value}")
+        for name in ("threshold", "min_delta"):
+            value = getattr(self, name)
+            if isinstance(value, int | float) and value < (0 if name == "min_delta" else 1e-12):
+                raise TrainConfigError(f"spikes.{name} must be {'>= 0' if name == 'min_delta' else '> 0'}, "
+                                       f"got {value}")
+
 
 @dataclass
 class TrainConfig:

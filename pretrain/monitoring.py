@@ -96,11 +96,12 @@ class RunLogs:
         self.rolled_back = JsonlLog(output_dir / ROLLED_BACK, enabled)  # kept: what rollbacks took back
         self.spikes = JsonlLog(output_dir / SPIKES_LOG, enabled)
 
-    def start(self, order: list[int], data: str) -> None:
-        """A fresh start: nothing of an earlier, checkpoint-less try is kept."""
+    def start(self, order: list[int], data: str, spikes: dict) -> None:
+        """A fresh start: nothing of an earlier, checkpoint-less try is kept. The start record holds the chunk
+        order, the data and the spike settings (``k2hf spikes analyze RUN_DIR`` detects with the run's own)."""
         for log in (self.data, self.metrics, self.rolled_back, self.spikes):
             log.truncate_to_lines(0)
-        self.data.append({"step": 0, "event": "start", "order": list(order), "data": data})
+        self.data.append({"step": 0, "event": "start", "order": list(order), "data": data, "spikes": spikes})
 
     def resume(self, state: dict) -> None:
         """Cut the logs back to what the checkpoint's ``state`` saw, so nothing is recorded twice."""

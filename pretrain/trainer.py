@@ -202,7 +202,7 @@ class Pretrainer:
                                        "data": str(self.data.path.resolve())})
             logger.info("resumed from %s at step %d", path.name, self.progress.global_step)
         else:
-            self.logs.start(self.position.order, str(self.data.path.resolve()))
+            self.logs.start(self.position.order, str(self.data.path.resolve()), asdict(self.config.spikes))
         self.accelerator.wait_for_everyone()  # rank 0 may just have cut metrics.jsonl back for the resume
         if self.monitor is not None:
             self.monitor.prime(self.logs.metrics_upto(self.progress.global_step))

@@ -196,7 +196,7 @@ def test_analyze_run_dir_and_csv(data_dir, tmp_path, capsys):
     assert cli.main(["spikes", "analyze", str(evidence), *args]) == 0
     out = capsys.readouterr().out
     assert "     19      22     4" in out and "malignant" in out
-    assert (evidence.parent / "spikes.png").stat().st_size > 10_000
+    assert (evidence.parent / "spikes_analysis.png").stat().st_size > 10_000
     # a W&B-style CSV export
     loss, grad = _curve()
     loss[200] += 1.5
@@ -226,7 +226,7 @@ def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
     out = capsys.readouterr().out
     (line,) = [x for x in out.splitlines() if "malignant" in x]
     assert line.split()[:3] == ["19", "22", "4"] and line.endswith("malignant (rolled back by rollback 1)")
-    assert (drill_run / "spikes.png").stat().st_size > 10_000
+    assert (drill_run / "spikes_analysis.png").stat().st_size > 10_000
 
 
 def test_no_spikes_png_says_so(tmp_path):
@@ -235,7 +235,7 @@ def test_no_spikes_png_says_so(tmp_path):
     loss, grad = _curve(n=300)
     (tmp_path / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(loss, grad)))
     spikes, png = analyze(tmp_path / "curve.jsonl", SpikeSection())
-    assert spikes == [] and png == tmp_path / "spikes.png"
+    assert spikes == [] and png == tmp_path / "spikes_analysis.png"
     assert matplotlib.image.imread(png).shape[:2] == (150, 600)  # the one-line message, not the 3-panel curves
 
 
@@ -257,3 +257,22 @@ def test_checkpoints_of_the_diverged_timeline_move_into_the_evidence(drill_run):
     state = json.loads((superseded / "step_0000020" / "trainer_state.json").read_text())
     assert (state["global_step"], state["order"], state["order_pos"]) == (20, [0, 1, 2, 3], 2)
     assert not (drill_run / "checkpoints" / "step_0000020").exists()
+
+
+def test_analyze_uses_the_runs_own_settings_and_writes_beside_its_files(drill_run, capsys):
+    """No flags: the detector settings the run recorded at its start (the drill's window 8, min delta 0.3, ...),
+    not the recipe defaults, so the run's malignant spike is found; the run's own files are left as they were."""
+    start = _jsonl(drill_run / "data_sequence.jsonl")[0]
+    assert start["event"] == "start" and start["spikes"]["window"] == 8 and start["spikes"]["min_delta"] == 0.3
+    curves = drill_run / "training_curves.png"
+    before = curves.read_bytes()
+    assert cli.main(["spikes", "analyze", str(drill_run)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "malignant" in x]
+    assert line.split()[:3] == ["19", "22", "4"]
+    assert curves.read_bytes() == before and (drill_run / "spikes_analysis.png").stat().st_size > 10_000
+
+
+def test_unusable_detector_settings_are_refused(drill_run, capsys):
+    assert cli.main(["spikes", "analyze", str(drill_run), "--window", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "k2hf: error: spikes.window must be at least 4 (the detector judges a loss only after 4 healthy ones), got 2")

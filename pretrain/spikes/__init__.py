@@ -4,9 +4,19 @@
 :mod:`.analysis` reads finished curves (``k2hf spikes analyze``).
 """
 
-from .analysis import analyze, detect_with_rollbacks, effective_data_sequence, format_table, load_curve, spike_title
+from .analysis import (
+    analysis_settings,
+    analyze,
+    detect_with_rollbacks,
+    effective_data_sequence,
+    format_table,
+    load_curve,
+    recorded_spike_settings,
+    spike_title,
+)
 from .detector import Spike, SpikeDetector, detect
 from .policies import SpikeAction, SpikeMonitor
 
-__all__ = ["Spike", "SpikeAction", "SpikeDetector", "SpikeMonitor", "analyze", "detect", "detect_with_rollbacks",
-           "effective_data_sequence", "format_table", "load_curve", "spike_title"]
+__all__ = ["Spike", "SpikeAction", "SpikeDetector", "SpikeMonitor", "analysis_settings", "analyze", "detect",
+           "detect_with_rollbacks", "effective_data_sequence", "format_table", "load_curve", "recorded_spike_settings",
+           "spike_title"]

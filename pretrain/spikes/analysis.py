@@ -10,7 +10,7 @@ from k2hf.curves import plot_message, plot_training_curves
 from k2hf.errors import UserError
 
 from ..config import SpikeSection
-from ..monitoring import METRICS, ROLLED_BACK
+from ..monitoring import DATA_LOG, METRICS, ROLLED_BACK
 from .detector import detect
 
 
@@ -59,15 +59,43 @@ def detect_with_rollbacks(records: list[dict], rolled_back: list[dict], config: 
     return sorted(spikes, key=lambda s: (s["onset_step"], s["rolled_back"]))
 
 
-def analyze(source: str | Path, config: SpikeSection, png: str | Path | None = None) -> tuple[list[dict], Path | None]:
+ANALYSIS_PNG = "spikes_analysis.png"  # beside the source: never over a file the run wrote
+
+
+def recorded_spike_settings(source: str | Path) -> dict | None:
+    """The spike settings a run dir recorded at its start (``None`` for a curve file, or a run from before
+    runs recorded them)."""
+    log = Path(source) / DATA_LOG
+    if not log.is_file():
+        return None
+    first = log.read_text().split("\n", 1)[0]
+    return json.loads(first).get("spikes") if first.strip() else None
+
+
+def analysis_settings(source: str | Path, **given) -> SpikeSection:
+    """Detector settings for analysing ``source``: the run's own where it recorded them, else the recipe
+    defaults; each value in ``given`` that is not ``None`` overrides (and is validated like a recipe's)."""
+    recorded = recorded_spike_settings(source) or {}
+    known = {f for f in SpikeSection.__dataclass_fields__}
+    fields = {k: v for k, v in recorded.items() if k in known}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return SpikeSection(**fields)
+
+
+def analyze(source: str | Path, config: SpikeSection | None = None,
+            png: str | Path | None = None) -> tuple[list[dict], Path | None]:
     """Offline analysis: the spikes of a curve and a PNG of loss + grad norm with their spans marked. For a run dir
-    the steps that spike rollbacks took back are analysed and drawn too: nothing the run measured is lost."""
+    the steps that spike rollbacks took back are analysed and drawn too: nothing the run measured is lost.
+    ``config`` defaults to :func:`analysis_settings` (a run's own settings); the PNG to ``spikes_analysis.png``
+    beside the source."""
     source = Path(source)
+    if config is None:
+        config = analysis_settings(source)
     records = load_curve(source)
     rolled_back = load_curve(source / ROLLED_BACK) if source.is_dir() and (source / ROLLED_BACK).is_file() else []
     spikes = detect_with_rollbacks(records, rolled_back, config)
     if png is None:
-        png = (source if source.is_dir() else source.parent) / "spikes.png"
+        png = (source if source.is_dir() else source.parent) / ANALYSIS_PNG
     if not spikes:  # say so, rather than draw the training curves once more
         detail = (f"detector: window {config.window}, threshold {config.threshold} x MAD-sigma, min delta "
                   f"{config.min_delta}; training curves: training_curves.png")
