@@ -288,7 +288,17 @@ def test_shipped_recipes_parse(tmp_path):
 
         one_b = K2ForCausalLM(K2Config.k2_65b(**bench.model.overrides))
     assert 0.9e9 < sum(p.numel() for p in one_b.parameters()) < 1.1e9  # ~1B (940.8M)
+    assert stage1.spikes.enabled and stage1.spikes.policy == "defer_chunk"  # K2's headline lesson, on by default
     stage2 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage2.yaml")
+    assert stage2.spikes.enabled
+    from k2hf.checkpoints import chunk_checkpoint_name
+    from k2hf.finetune.recipe import load_recipe
+
+    sft = load_recipe(REPO_ROOT / "finetune/recipes/k2_chat.yaml")  # starts from a checkpoint stage 2 writes
+    assert Path(sft.model).parent == Path(stage2.output_dir) / "checkpoints"
+    assert Path(sft.model).name == chunk_checkpoint_name(20)  # K2's stage 2: 20 chunks
+    two_nodes = yaml.safe_load((REPO_ROOT / "pretrain/accelerate/zero3_2nodes.yaml").read_text())
+    assert "main_process_ip" not in two_nodes  # node 0's address comes from the launch command
     assert (stage2.optim.lr, stage2.optim.min_lr, stage2.optim.schedule, stage2.model.rope_theta) == (
         1e-4, 0.0, "linear", 500000)
 
