@@ -37,9 +37,10 @@ def sandbox(tmp_path_factory, demo_run):
 def test_quick_start_commands_are_the_ci_ones():
     commands = readme_commands()
     assert commands[0].endswith("&& k2hf demo") and "torch==2.13.0" in commands[0]
-    assert commands[1].endswith("&& python -m pytest") and "torch==2.13.0" in commands[1]
+    assert commands[1].endswith("&& python -m pytest --durations=15") and "torch==2.13.0" in commands[1]
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in ci  # .ci/run executes exactly this README block
+    assert "bash .ci/oldest" in ci  # ... then the fast tier at the oldest versions pyproject allows
 
 
 @pytest.mark.slow
