@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from k2hf.chat_template import encode_chats_arrays
+from k2hf.chat_template import encode_chats_arrays, has_tool_tokens, split_conversation
 from k2hf.errors import UserError
 from k2hf.records import Rejection
+from k2hf.token_layouts import TOOL_CALL_END, TOOL_CALL_START
 from k2hf.tokenizer import save_tokenizer
 
 from .mixture import sample_indices, target_count
@@ -55,19 +56,34 @@ class StrictModeError(UserError):
 
 
 def load_sft_tokenizer(recipe: SFTRecipe):
-    """The K2 tokenizer of the base model (or ``recipe.tokenizer``), with the K2-Chat template."""
+    """The K2 tokenizer of the base model (or ``recipe.tokenizer``) in the recipe's ``layout``, with the K2-Chat
+    template (the format the packed rows are in).
+
+    A base-model tokenizer (layout ``k2``, as ``LLM360/K2`` ships it) is extended to the recipe's layout (K2's
+    32032 embedding rows have room); a chat tokenizer of another layout than the recipe's is a
+    :class:`~k2hf.token_layouts.LayoutError` (its ids would mean other tokens)."""
     from transformers import AutoTokenizer
 
     from k2hf.chat_template import apply_chat_template_to
+    from k2hf.token_layouts import DEFAULT_LAYOUT, LayoutError, detect_layout
+    from k2hf.tokenizer import build_k2_tokenizer
 
     source = recipe.resolve(recipe.tokenizer or recipe.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.chat_template is None:
-        apply_chat_template_to(tokenizer)
-    return tokenizer
+    found = detect_layout(tokenizer)
+    if found == "k2":
+        target = recipe.layout or DEFAULT_LAYOUT
+        logger.info("extending the base tokenizer of %s to the %s layout", source, target)
+        return build_k2_tokenizer(tokenizer, layout=target)
+    if recipe.layout is not None and found != recipe.layout:
+        found_text = f"layout {found!r}" if found else "no known K2 layout"
+        raise LayoutError(f"{source}: its tokenizer has {found_text}, but the recipe says layout {recipe.layout!r}; "
+                          "start from a checkpoint of that layout (or a K2 base), or change the recipe's `layout`")
+    return apply_chat_template_to(tokenizer)
 
 
-def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, int, list]], list[dict]]:
+def collect(recipe: SFTRecipe, progress: bool = True, tool_tokens: bool = True
+            ) -> tuple[list[tuple[int, int, list]], list[dict]]:
     """Read, adapt and sample every source. Returns the selected ``(source, record, messages)`` and per-source
     reports (read / rejected by reason / valid / drawn)."""
     pools, reports = [], []
@@ -83,7 +99,7 @@ def collect(recipe: SFTRecipe, progress: bool = True) -> tuple[list[tuple[int, i
             try:
                 if isinstance(item, Rejection):
                     raise item
-                valid.append((record, to_conversation(spec.kind, item[1], spec.options)))
+                valid.append((record, to_conversation(spec.kind, item[1], spec.options, tool_tokens)))
             except Rejection as error:
                 if recipe.strict:
                     where = f"source {spec.name!r} record {record + 1}"
@@ -128,26 +144,51 @@ def _labelled(ids: np.ndarray, reply_mask: np.ndarray) -> tuple[np.ndarray, np.n
     return ids, np.where(reply_mask, ids, np.int32(IGNORE))
 
 
-def _split_turns(tokenizer, conversation: list, max_length: int) -> list[tuple]:
-    """Cut at user/assistant turn boundaries into conversations that fit, each repeating the system prompt."""
-    system = conversation[:1] if conversation[0]["role"] == "system" else []
-    turns = conversation[len(system):]
-    pairs = [turns[i : i + 2] for i in range(0, len(turns), 2)]
-    pieces, current = [], []
-    for pair in pairs:
-        candidate = system + [m for p in current + [pair] for m in p]
-        if current and len(encode_chats_arrays(tokenizer, [candidate], validate=False)[0][0]) > max_length:
-            pieces.append(system + [m for p in current for m in p])
-            current = [pair]
+def _split_turns(tokenizer, conversation, max_length: int) -> list[tuple]:
+    """Cut at exchange boundaries (a user message and the replies, calls and results up to the next one) into
+    conversations that fit, each repeating the system prompt and the tools."""
+    messages, tools = split_conversation(conversation)
+    system = list(messages[:1]) if messages[0]["role"] == "system" else []
+    exchanges: list[list] = []
+    for message in messages[len(system):]:
+        if message["role"] == "user" or not exchanges:
+            exchanges.append([message])
         else:
-            current.append(pair)
-    pieces.append(system + [m for p in current for m in p])
+            exchanges[-1].append(message)
+
+    def joined(group: list[list]):
+        turns = system + [m for exchange in group for m in exchange]
+        return {"messages": turns, "tools": tools} if tools else turns
+
+    pieces, current = [], []
+    for exchange in exchanges:
+        if current and len(encode_chats_arrays(tokenizer, [joined(current + [exchange])], validate=False)[0][0]) \
+                > max_length:
+            pieces.append(joined(current))
+            current = [exchange]
+        else:
+            current.append(exchange)
+    pieces.append(joined(current))
     out = []
     for encoded in encode_chats_arrays(tokenizer, pieces, validate=False):
         ids, labels = _labelled(*encoded)
         status = "split" if len(ids) <= max_length else "split_truncated"
         out.append((ids[:max_length], labels[:max_length], status))
     return out
+
+
+def tool_counts(conversation) -> Counter:
+    """Tool calls and tool results in one conversation (for the pack report)."""
+    messages, _ = split_conversation(conversation)
+    return Counter(tool_calls=sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant"),
+                   tool_results=sum(m["role"] == "tool" for m in messages))
+
+
+def trained_tool_call_tokens(ids: np.ndarray, labels: np.ndarray, start_id: int, end_id: int) -> int:
+    """Trained tokens from each ``<tool_call>`` to its ``</tool_call>``, both included."""
+    opened = np.cumsum(ids == start_id)
+    closed_before = np.cumsum(ids == end_id) - (ids == end_id)
+    return int(((opened > closed_before) & (labels != IGNORE)).sum())
 
 
 _WORKER_TOKENIZER = None
@@ -177,7 +218,7 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     out = Path(out) if out is not None else recipe.packed_path
     started = time.perf_counter()
     tokenizer = load_sft_tokenizer(recipe)
-    selected, source_reports = collect(recipe, progress)
+    selected, source_reports = collect(recipe, progress, tool_tokens=has_tool_tokens(tokenizer))
     conversations = [messages for _, _, messages in selected]
     batches = [(conversations[i : i + ENCODE_BATCH], recipe.max_length, recipe.overlong)
                for i in range(0, len(conversations), ENCODE_BATCH)]
@@ -202,13 +243,18 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     bar.close()
 
     statuses = [Counter() for _ in recipe.sources]
+    tools = [Counter() for _ in recipe.sources]
+    call_ids = tokenizer.convert_tokens_to_ids([TOOL_CALL_START, TOOL_CALL_END])
     input_ids, labels = [], []
-    for (s_index, _, _), pieces in zip(selected, encoded):
+    for (s_index, _, conversation), pieces in zip(selected, encoded):
+        tools[s_index].update(tool_counts(conversation))
         for ids, lab, status in pieces:
             statuses[s_index][status] += 1
             if len(ids):
                 input_ids.append(ids)
                 labels.append(lab)
+                if tools[s_index]["tool_calls"] and tokenizer.unk_token_id not in call_ids:
+                    tools[s_index]["tool_call_tokens_trained"] += trained_tool_call_tokens(ids, lab, *call_ids)
     if not input_ids:
         read = ", ".join(f"{r['name']}: {r['read']} read, rejected {dict(r['rejected']) or 'none'}"
                          for r in source_reports)
@@ -224,6 +270,8 @@ def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     packed.save_to_disk(str(tmp / DATASET))
+    for report, counts in zip(source_reports, tools):
+        report["tools"] = {key: counts[key] for key in ("tool_calls", "tool_results", "tool_call_tokens_trained")}
     report = _report(recipe, source_reports, statuses, packed, len(input_ids), time.perf_counter() - started)
     (tmp / REPORT).write_text(json.dumps(report, indent=1))
     save_tokenizer(tokenizer, tmp / "tokenizer")

@@ -27,7 +27,7 @@ class RecipeError(UserError):
 @dataclass
 class SourceSpec:
     name: str
-    kind: str  # openhermes | flan | do_not_answer | messages
+    kind: str  # a key of finetune.sources.ADAPTERS (openhermes, flan, glaive_function_calling, ...)
     paths: list[str] = field(default_factory=list)
     hub: dict[str, Any] | None = None
     target: int | None = None  # conversations to draw (up- or down-sampled)
@@ -51,6 +51,7 @@ class SFTRecipe:
     output_dir: str
     sources: list[SourceSpec]
     tokenizer: str | None = None
+    layout: str | None = None  # k2_chat_060124 | k2_chat: the token layout trained (None: the base's own)
     packed_dir: str | None = None
     max_length: int = 8192
     overlong: Literal["split_turns", "truncate", "drop"] = "split_turns"
@@ -105,6 +106,16 @@ def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:
 
 
 def _validate(recipe: SFTRecipe) -> None:
+    from k2hf.token_layouts import LAYOUTS
+
+    if recipe.layout is not None and not (recipe.layout in LAYOUTS and LAYOUTS[recipe.layout].has_chat):
+        chat = [name for name, layout in LAYOUTS.items() if layout.has_chat]
+        raise RecipeError(f"layout must be one of {chat} (got {recipe.layout!r})")
+    if recipe.layout is not None and not LAYOUTS[recipe.layout].has_tools:
+        tool_sources = [s.name for s in recipe.sources if s.kind == "glaive_function_calling"]
+        if tool_sources:
+            raise RecipeError(f"sources {tool_sources} are function calling, which layout {recipe.layout!r} has no "
+                              "tool tokens for: use layout k2_chat")
     if recipe.max_length < 16:
         raise RecipeError(f"max_length must be >= 16 (got {recipe.max_length})")
     names = [s.name for s in recipe.sources]

@@ -1,7 +1,7 @@
 """K2-Chat SFT entry point (the command line of one training process).
 
     accelerate launch --config_file pretrain/accelerate/zero3.yaml finetune/sft.py \
-        --recipe finetune/recipes/k2_chat.yaml
+        --recipe finetune/recipes/k2_chat_060124.yaml
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from .modeling import (
     K2Model,
     K2PreTrainedModel,
 )
+from .token_layouts import K2_TOOL_TOKENS, LAYOUTS, detect_layout
 from .tokenizer import (
     K2_ADDED_TOKENS,
     K2_CHAT_TOKENS,
@@ -36,6 +37,7 @@ from .tokenizer import (
     encode_plain_text,
     save_tokenizer,
 )
+from .tool_format import parse_tool_calls
 
 AutoConfig.register(K2Config.model_type, K2Config, exist_ok=True)
 for _auto_class, _model_class in AUTO_CLASSES.items():
@@ -47,7 +49,9 @@ __all__ = [
     "K2_ADDED_TOKENS",
     "K2_CHAT_TOKENS",
     "K2_CODE_TOKENS",
+    "K2_TOOL_TOKENS",
     "K2_VOCAB_ROWS",
+    "LAYOUTS",
     "ConversationError",
     "K2Config",
     "K2ForCausalLM",
@@ -59,10 +63,12 @@ __all__ = [
     "apply_chat_template_to",
     "build_k2_tokenizer",
     "conversation_segments",
+    "detect_layout",
     "encode_chat",
     "encode_chats",
     "encode_plain_text",
     "k2_chat_template",
+    "parse_tool_calls",
     "save_tokenizer",
     "validate_conversation",
 ]

@@ -14,20 +14,39 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from transformers import TextStreamer
+    from .chat import ReplyStreamer, chat_loop, generate_reply, load_chat_model
 
-    from .chat import chat_loop, generate_reply, load_chat_model
-
+    tools = _read_tools(args.tools) if args.tools else None
     model, tokenizer = load_chat_model(args.model, device=args.device, revision=args.revision)
     if args.prompt is None:
-        chat_loop(model, tokenizer, args.system, **_given(args, "max_new_tokens", "temperature"))
+        chat_loop(model, tokenizer, args.system, tools=tools, **_given(args, "max_new_tokens", "temperature"))
         return 0
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if tools:
+        from .chat import generate_message, show_message
+
+        show_message(generate_message(model, tokenizer, messages, tools=tools,
+                                      **_given(args, "max_new_tokens", "temperature")))
+        return 0
+    streamer = ReplyStreamer(tokenizer)
     generate_reply(model, tokenizer, messages, streamer=streamer, **_given(args, "max_new_tokens", "temperature"))
     return 0
+
+
+def _read_tools(path: str) -> list:
+    import json
+
+    from .errors import UserError
+
+    try:
+        tools = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as error:
+        raise UserError(f"--tools {path}: cannot read a JSON list of function definitions ({error})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise UserError(f"--tools {path}: expected a JSON list of function definitions (JSON schema objects)")
+    return tools
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -41,9 +60,9 @@ def _export(args: argparse.Namespace) -> int:
 def _tokenizer(args: argparse.Namespace) -> int:
     from .tokenizer import build_k2_tokenizer, save_tokenizer
 
-    tokenizer = build_k2_tokenizer(args.base)
+    tokenizer = build_k2_tokenizer(args.base, layout=args.layout)
     save_tokenizer(tokenizer, args.out)
-    print(f"wrote K2 tokenizer ({len(tokenizer)} tokens) to {args.out}")
+    print(f"wrote K2 tokenizer, layout {args.layout} ({len(tokenizer)} tokens) to {args.out}")
     return 0
 
 
@@ -312,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("model", help="checkpoint dir or Hub id (K2 or LLaMA format)")
     chat.add_argument("--prompt", help="one user message; print the streamed reply and exit")
     chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--tools", help="JSON file: a list of function definitions (JSON schema); the model's calls "
+                                      "are shown (K2-Chat 10/31/24 function calling)")
     chat.add_argument("--max-new-tokens", type=int, help="default: 256")
     chat.add_argument("--temperature", type=float, help="0 = greedy (the default)")
     chat.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the weights load)")
@@ -327,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenizer", help="build K2's tokenizer from a LLaMA SentencePiece tokenizer.model")
     tok.add_argument("base", help="tokenizer.model or a dir holding it")
     tok.add_argument("out", help="output dir")
+    tok.add_argument("--layout", choices=["k2", "k2_chat_060124", "k2_chat"], default="k2_chat",
+                     help="which released layout: k2 (LLM360/K2 base), k2_chat_060124, k2_chat (LLM360/K2-Chat "
+                          "today, with tool tokens; default)")
     tok.set_defaults(func=_tokenizer)
 
     data = sub.add_parser("data", help="pretraining data: prepare, verify, inspect, order").add_subparsers(

@@ -15,6 +15,7 @@ from transformers import LlamaConfig
 from .checkpoints import CheckpointError, check_model_dir
 from .modeling import AUTO_CLASSES, K2Config
 from .modeling.configuration_k2 import LLAMA_PREFIX
+from .tokenizer import write_converter_fields
 
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 COPIED_FILES = (
@@ -77,6 +78,7 @@ def export_to_llama(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     k2_to_llama_config(config).save_pretrained(out)
     for path in weights + [src / name for name in COPIED_FILES if (src / name).is_file()]:
         shutil.copy2(path, out / path.name)
+    write_converter_fields(out)  # added tokens + add_bos_token where converters (llama.cpp) look for them
     check_weights(out, config)
     return out
 

@@ -19,7 +19,6 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import TextStreamer
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1]
 # spike detection sized for a 36-step run, and the drill: chunk 2 reads as random tokens until the first rollback
@@ -117,7 +116,7 @@ def run_demo(out: str | os.PathLike, prompt: str) -> Path:
     """Run (or resume) the demo into ``out``; returns the chat model's directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .chat import generate_reply
+    from .chat import ReplyStreamer, generate_reply
     from .pretrain.config import SpikeSection
     from .pretrain.spikes import analyze, format_table
 
@@ -134,7 +133,7 @@ def run_demo(out: str | os.PathLike, prompt: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     print("k2> ", end="", flush=True)
     reply = generate_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens=32,
-                           streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+                           streamer=ReplyStreamer(tokenizer))
     summary = _write_summary(out, data, base, model_dir, spikes, spike_png, prompt, reply)
     _step(f"done. Everything is in {out}; read {summary.name} first. Try `k2hf chat {model_dir}`.")
     return model_dir

@@ -22,22 +22,29 @@ def render(tok, messages, **kw):
 def test_exact_render_with_system_multi_turn(chat_tokenizer):
     assert render(chat_tokenizer, [SYSTEM, *TURNS]) == (
         "You are K2.<|endofsystemprompt|>"
-        "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help?</s>"
-        "<|beginofuser|>Name a prime.<|beginofsystem|>7</s><|endofchat|>"
+        "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help? <|endoftext|>"
+        "<|beginofuser|>Name a prime.<|beginofsystem|>7 <|endoftext|><|endofchat|>"
     )
 
 
 def test_exact_render_without_system_and_generation_prompt(chat_tokenizer):
     assert render(chat_tokenizer, TURNS[:1]) == "<|beginofuser|>Hi!"
     assert render(chat_tokenizer, TURNS[:3], add_generation_prompt=True) == (
-        "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help?</s><|beginofuser|>Name a prime.<|beginofsystem|>"
+        "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help? <|endoftext|><|beginofuser|>Name a prime."
+        "<|beginofsystem|>"
     )
 
 
 def test_eos_rendered_from_the_tokenizer(chat_tokenizer):
-    """K2-Chat's own tokenizer calls eos `<|endoftext|>`: the template renders whatever eos_token is."""
-    text = render(chat_tokenizer, TURNS[:2], eos_token="<|endoftext|>")
-    assert text == "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help?<|endoftext|><|endofchat|>"
+    """The template renders whatever eos_token is; a space before it because the released id 2 is a normalized
+    token (matched after a space or at a piece's start), none after a control token or an empty reply."""
+    text = render(chat_tokenizer, TURNS[:2], eos_token="<eos>")
+    assert text == "<|beginofuser|>Hi!<|beginofsystem|>Hello, how can I help? <eos><|endofchat|>"
+    empty = [TURNS[0], {"role": "assistant", "content": ""}]
+    assert render(chat_tokenizer, empty) == "<|beginofuser|>Hi!<|beginofsystem|><|endoftext|><|endofchat|>"
+    ids = chat_tokenizer.apply_chat_template(TURNS[:2], return_dict=True)["input_ids"]
+    assert ids[-2:] == [2, chat_tokenizer.convert_tokens_to_ids("<|endofchat|>")]
+    assert ids[-3] == chat_tokenizer.convert_tokens_to_ids("?")  # the space went into id 2, not a token of its own
 
 
 def test_assistant_mask_marks_exactly_replies_and_eos(chat_tokenizer):
@@ -52,7 +59,8 @@ def test_assistant_mask_marks_exactly_replies_and_eos(chat_tokenizer):
         elif current:
             spans.append(current)
             current = []
-    assert [tok.decode(s) for s in spans] == ["Hello, how can I help?</s>", "7</s>"]
+    # (the released tokenizers decode their normalized id 2 with a space before it)
+    assert [tok.decode(s) for s in spans] == ["Hello, how can I help? <|endoftext|>", "7 <|endoftext|>"]
     assert all(s[-1] == 2 for s in spans)
     eoc, eosp, bos_sys, bou = tok.convert_tokens_to_ids(
         ["<|endofchat|>", "<|endofsystemprompt|>", "<|beginofsystem|>", "<|beginofuser|>"])
@@ -108,7 +116,10 @@ def test_injected_control_strings_stay_plain_text(chat_tokenizer):
 @pytest.mark.parametrize(
     "messages, message",
     [
-        ([{"role": "tool", "content": "x"}], "unknown role 'tool'"),
+        ([{"role": "robot", "content": "x"}], "unknown role 'robot' at message 0; roles are system"),
+        ([{"role": "tool", "content": "x"}], "expected role 'user' at message 0, got 'tool'"),
+        ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}],
+         "expected role 'assistant' at message 1, got 'tool'"),
         ([{"role": "assistant", "content": "x"}], "expected role 'user' at message 0"),
         ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
          "expected role 'assistant' at message 1"),
@@ -127,7 +138,7 @@ def test_apply_chat_template_to_any_chat_tokenizer(chat_tokenizer):
     tok = copy.deepcopy(chat_tokenizer)
     tok.chat_template = None
     assert apply_chat_template_to(tok) is tok
-    assert render(tok, TURNS[:2]).endswith("</s><|endofchat|>")
+    assert render(tok, TURNS[:2]).endswith("? <|endoftext|><|endofchat|>")
 
 
 def test_apply_chat_template_to_rejects_non_chat_tokenizer(llama_sp_model):

@@ -40,8 +40,11 @@ def reference_rows(files: list[list[str]], tokenizer, seq_len: int) -> tuple[lis
                             split.append(special)
                         split.append(part)
                 cuts = split
-            for cut in cuts:
-                ids.extend(tokenizer(cut, add_special_tokens=False)["input_ids"])
+            for cut in cuts:  # special pieces as LLaMA's tokenizer + the code tokens had them (</s> = 2)
+                if cut in specials:
+                    ids.append({"<s>": 1, "</s>": 2, "<unk>": 0}.get(cut) or tokenizer.convert_tokens_to_ids(cut))
+                else:  # K2's tokenizer had no chat or tool tokens: their strings are text here
+                    ids.extend(tokenizer(cut, add_special_tokens=False, split_special_tokens=True)["input_ids"])
         while len(ids) >= seq_len:
             rows.append(ids[:seq_len])
             ids = ids[seq_len:]
@@ -54,7 +57,8 @@ def make_files(seed: int) -> list[list[str]]:
     and trailing spaces and newlines inside the documents."""
     rng = np.random.default_rng(seed)
     words = " ".join(sample_texts()).split()
-    extras = ["</s>", "<fim_prefix>", "<s>", "<unk>", "<filename>", "", "\n", "  x", "<|beginofuser|>"]
+    extras = ["</s>", "<fim_prefix>", "<s>", "<unk>", "<filename>", "", "\n", "  x", "<|beginofuser|>",
+              "<|endoftext|>", "<tool_call>"]
     files = []
     for _ in range(2):
         texts = []

@@ -295,7 +295,7 @@ def test_shipped_recipes_parse(tmp_path):
     from k2hf.checkpoints import chunk_checkpoint_name
     from k2hf.finetune.recipe import load_recipe
 
-    sft = load_recipe(REPO_ROOT / "finetune/recipes/k2_chat.yaml")  # starts from a checkpoint stage 2 writes
+    sft = load_recipe(REPO_ROOT / "finetune/recipes/k2_chat_060124.yaml")  # starts from a checkpoint stage 2 writes
     assert Path(sft.model).parent == Path(stage2.output_dir) / "checkpoints"
     assert Path(sft.model).name == chunk_checkpoint_name(20)  # K2's stage 2: 20 chunks
     two_nodes = yaml.safe_load((REPO_ROOT / "pretrain/accelerate/zero3_2nodes.yaml").read_text())

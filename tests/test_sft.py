@@ -254,7 +254,15 @@ def test_recipe_errors_are_clear(tmp_path, base_model):
         load_recipe(_recipe(tmp_path, base_model, sources=[{"name": "x", "kind": "alpaca", "paths": ["a"]}]))
     with pytest.raises(RecipeError, match="set the recipe's `total`"):
         load_recipe(_recipe(tmp_path, base_model, sources=[{"name": "x", "kind": "flan", "paths": ["a"], "weight": 1}]))
-    assert load_recipe(REPO_ROOT / "finetune/recipes/k2_chat.yaml").max_length == 8192
+    assert load_recipe(REPO_ROOT / "finetune/recipes/k2_chat_060124.yaml").layout == "k2_chat_060124"
+    r1031 = load_recipe(REPO_ROOT / "finetune/recipes/k2_chat_1031.yaml")
+    assert (r1031.layout, r1031.max_length) == ("k2_chat", 8192)
+    assert [s.kind for s in r1031.sources] == ["infinity_instruct", "jiuzhang", "glaive_function_calling"]
+    with pytest.raises(RecipeError, match="layout must be one of"):
+        load_recipe(_recipe(tmp_path, base_model, layout="k2"))
+    glaive = [{"name": "fc", "kind": "glaive_function_calling", "paths": ["a"]}]
+    with pytest.raises(RecipeError, match="no tool tokens for: use layout k2_chat"):
+        load_recipe(_recipe(tmp_path, base_model, layout="k2_chat_060124", sources=glaive))
 
 
 TAUGHT = [{"role": "user", "content": "What is the highest mountain in Africa?"},

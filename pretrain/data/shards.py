@@ -22,11 +22,12 @@ from tokenizers import Tokenizer
 
 from k2hf.errors import UserError
 from k2hf.records import Rejection
+from k2hf.token_layouts import EOS_ID, EOS_TOKEN
 from k2hf.tokenizer import PlainTextEncoder
 
 from .config import SubsetConfig
 from .fim import NO_FIM, FimTokenIds, assemble, fim_decisions, split_text
-from .k2_release import SPECIAL_STRINGS, encode_file
+from .k2_release import EOS_STRING, SPECIAL_STRINGS, encode_file
 from .sources import read_source
 
 INSTANCE_DTYPE = np.dtype([("record", "<i8"), ("pass", "<i4"), ("fim", "i1"), ("start", "<i8"), ("length", "<i8")])
@@ -175,7 +176,11 @@ class _ShardState:
         """``tokenization: k2_release``: the whole file as one id stream (windows cross documents); each document
         owns the contiguous span of its pieces, its ``</s>`` included."""
         tokenizer = Tokenizer.from_str(self.job.tokenizer_json)
+        tokenizer.encode_special_tokens = True  # K2's own tokenizer had no chat/tool tokens: their strings are text
         special_ids = {s: tokenizer.token_to_id(s) for s in SPECIAL_STRINGS}
+        if special_ids[EOS_STRING] is None and tokenizer.token_to_id(EOS_TOKEN) == EOS_ID:
+            special_ids[EOS_STRING] = EOS_ID  # the released K2 tokenizers call id 2 <|endoftext|>; the release
+            # code cut at the string </s>, id 2 in the LLaMA tokenizer it used
         missing = [s for s, i in special_ids.items() if i is None]
         if missing:
             raise BadInputError(f"tokenization k2_release needs the tokens {missing} in the tokenizer")
