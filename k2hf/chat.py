@@ -101,15 +101,19 @@ def generate_message(model: K2ForCausalLM, tokenizer, messages: list[Message], t
 
 
 def run_tool_loop(model: K2ForCausalLM, tokenizer, messages: list[Message], tools: Sequence[Callable[..., Any]],
-                  max_rounds: int = 4, **generation: Any) -> list[Message]:
+                  max_rounds: int = 4, schemas: Sequence[Mapping[str, Any]] | None = None,
+                  **generation: Any) -> list[Message]:
     """Chat with function calling: generate, call each requested function (one of ``tools``, by name) with its
     arguments, append the results as ``tool`` messages, and repeat until a reply without calls (or
     ``max_rounds`` replies). Returns the conversation with every new message. A call to an unknown function or
-    one that raises becomes a ``{"error": ...}`` result the model sees, not an exception."""
+    one that raises becomes a ``{"error": ...}`` result the model sees, not an exception.
+
+    The prompt describes the functions with ``schemas`` when given, else with each function's schema from its
+    signature and docstring (transformers' ``get_json_schema``)."""
     by_name = {tool.__name__: tool for tool in tools}
     history = list(messages)
     for _ in range(max_rounds):
-        message = generate_message(model, tokenizer, history, tools=tools, **generation)
+        message = generate_message(model, tokenizer, history, tools=schemas or tools, **generation)
         message.pop("errors", None)
         history.append(message)
         if not message.get("tool_calls"):

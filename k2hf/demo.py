@@ -19,7 +19,6 @@ import os
 import shutil
 from pathlib import Path
 
-
 REPO_CONFIGS = Path(__file__).resolve().parents[1]
 # spike detection sized for a 36-step run, and the drill: chunk 2 reads as random tokens until the first rollback
 DEMO_SPIKES = {"window": 8, "malignant_steps": 4, "recovery_steps": 2, "min_delta": 0.3}

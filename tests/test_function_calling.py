@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from k2hf import ConversationError, apply_chat_template_to, build_k2_tokenizer, encode_chat, parse_tool_calls
+from k2hf import ConversationError, build_k2_tokenizer, encode_chat, parse_tool_calls
 from k2hf.finetune.packing import IGNORE, encode_conversations
 from k2hf.finetune.sources import read_rows, to_conversation
 from k2hf.records import Rejection
@@ -232,3 +232,73 @@ def test_split_turns_keeps_tools_and_whole_exchanges(tiny_tokenizer):
     assert pieces[0][0].tolist() == encode_chat(tiny_tokenizer, long[:5], tools=[WEATHER])["input_ids"]
     tools_id = tiny_tokenizer.convert_tokens_to_ids("<tools>")
     assert all(tools_id in ids.tolist() for ids, _, _ in pieces)  # every piece keeps the tool definitions
+
+
+TAUGHT_TOOL = {"name": "get_weather", "description": "Weather of a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+TAUGHT_RECORD = {  # glaive-function-calling-v2 (sharegpt form), short enough for a tiny model to learn fast
+    "conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"from": "observation", "value": json.dumps({"sky": "sunny"})},
+        {"from": "gpt", "value": "Sunny in Paris."}],
+    "tools": json.dumps([TAUGHT_TOOL])}
+
+
+@pytest.mark.slow
+def test_tiny_model_sft_on_glaive_calls_tools_through_the_parser(tiny_tokenizer, tmp_path):
+    """The 10/31/24 pipeline end to end: glaive records (the samples, malformed ones included, and one taught
+    record) -> pack (the report counts calls, results, trained call tokens) -> TRL SFT -> the model's generated
+    call parses back to the call it learned -> the tool loop runs the Python function and the model answers."""
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from k2hf.chat import generate_message, run_tool_loop
+    from k2hf.finetune.recipe import load_recipe
+    from k2hf.finetune.train import train
+    from k2hf.tiny import build_tiny_k2
+
+    base = tmp_path / "base"
+    build_tiny_k2(tiny_tokenizer, seed=5).save_pretrained(base)
+    tiny_tokenizer.save_pretrained(base)
+    (tmp_path / "taught.jsonl").write_text(json.dumps(TAUGHT_RECORD) + "\n")
+    samples = {"name": "samples", "kind": "glaive_function_calling", "target": 0,
+               "paths": [str(SAMPLES / "glaive_function_calling.jsonl")]}
+    taught = {"name": "taught", "kind": "glaive_function_calling", "paths": [str(tmp_path / "taught.jsonl")],
+              "target": 6}
+    recipe = {"model": str(base), "output_dir": str(tmp_path / "sft"), "layout": "k2_chat", "max_length": 512,
+              "num_proc": 1, "seed": 0, "sources": [samples, taught],
+              "train": {"learning_rate": 5e-3, "num_train_epochs": 40, "per_device_train_batch_size": 1,
+                        "lr_scheduler_type": "constant", "logging_steps": 1, "save_strategy": "no",
+                        "report_to": []}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    out = train(load_recipe(tmp_path / "recipe.yaml"))
+    report = json.loads((tmp_path / "sft" / "packed" / "report.json").read_text())
+    seen_samples, seen_taught = report["sources"]
+    assert seen_samples["rejected"] == {"malformed_tool_call": 1, "malformed_tools": 1, "unknown_role": 1}
+    assert (seen_samples["read"], seen_samples["valid"], seen_samples["drawn"]) == (9, 6, 0)
+    assert seen_taught["tools"]["tool_calls"] == seen_taught["tools"]["tool_results"] == 6
+    call_tokens = len(tiny_tokenizer(json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}}),
+                                     add_special_tokens=False)["input_ids"])
+    assert seen_taught["tools"]["tool_call_tokens_trained"] >= 6 * (call_tokens + 2)  # + <tool_call>, </tool_call>
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    schema = [{"type": "function", "function": TAUGHT_TOOL}]
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    message = generate_message(model, tokenizer, question, tools=schema, max_new_tokens=48)
+    assert message.get("tool_calls") == [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}], message
+
+    asked = []
+
+    def get_weather(city: str):
+        asked.append(city)
+        return {"sky": "sunny"}
+
+    # the functions run; the prompt shows the taught schemas (without `schemas`, each function's docstring
+    # schema from transformers' get_json_schema)
+    history = run_tool_loop(model, tokenizer, question, [get_weather], max_new_tokens=48, schemas=schema)
+    assert asked == ["Paris"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+    assert history[2]["content"] == '{"sky": "sunny"}' and history[-1]["content"] == "Sunny in Paris."

@@ -11,10 +11,9 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from conftest import REPO_ROOT
 from k2hf import apply_chat_template_to, build_k2_tokenizer, detect_layout, encode_chat, encode_plain_text
 from k2hf.tokenizer import save_tokenizer
-
-from conftest import REPO_ROOT
 
 RELEASED = REPO_ROOT.parent / "shared" / "k2-tokenizers"
 FILES = {"k2": "LLM360-K2.tokenizer.json", "k2_chat": "LLM360-K2-Chat.tokenizer.json"}

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 import torch
 from transformers.models.auto import modeling_auto
+from upstream_sdist import UpstreamUnavailable
 
 from k2hf import (
     K2Config,
@@ -21,7 +22,7 @@ from k2hf import (
     K2ForTokenClassification,
     K2Model,
 )
-from upstream_transformers import UpstreamUnavailable, import_upstream
+from upstream_transformers import import_upstream
 
 pytestmark = pytest.mark.slow
 

@@ -6,20 +6,18 @@ but not the three modules they import (``tests/generation/test_utils.py``, ``tes
 is a marker (tests/test_generation.py checks K2's decoding against stock LLaMA token for token), the export
 mixin adds no test, and the common config kwargs are a few of ``PreTrainedConfig``'s own.
 
-The sdist is fetched once per version with pip (the ordinary client, from the package index) into
-``$K2HF_UPSTREAM_CACHE`` (default ``~/.cache/k2hf/upstream``).
+The sdist is fetched once per version (:func:`upstream_sdist.sdist`).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import transformers
+from upstream_sdist import UpstreamUnavailable, cache_root, sdist
 
 PACKAGE = "transformers_upstream_tests"
 NEEDED = ("tests/test_modeling_common.py", "tests/test_configuration_common.py")
@@ -47,26 +45,13 @@ STAND_INS = {
 }
 
 
-class UpstreamUnavailable(RuntimeError):
-    """The sdist could not be fetched, or this transformers release does not ship the common tests."""
-
-
 def upstream_tests(version: str = transformers.__version__) -> Path:
     """The folder holding ``transformers_upstream_tests`` for ``version`` (fetched and laid out on first use)."""
-    root = Path(os.environ.get("K2HF_UPSTREAM_CACHE", Path.home() / ".cache" / "k2hf" / "upstream")) / version
+    root = cache_root() / version
     package = root / PACKAGE
     if (package / "test_modeling_common.py").is_file():
         return root
-    sdist_dir = root / "sdist"
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    if not list(sdist_dir.glob("transformers-*.tar.gz")):
-        fetched = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"transformers=={version}", "-d", str(sdist_dir)], capture_output=True, text=True)
-        if fetched.returncode != 0:
-            raise UpstreamUnavailable(f"pip could not fetch the transformers {version} sdist: {fetched.stderr[-300:]}")
-    (sdist,) = sdist_dir.glob("transformers-*.tar.gz")
-    with tarfile.open(sdist) as archive:
+    with tarfile.open(sdist("transformers", version)) as archive:
         members = {m.name.split("/", 1)[1]: m for m in archive.getmembers() if "/" in m.name}
         missing = [name for name in NEEDED if name not in members]
         if missing:
