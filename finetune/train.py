@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from accelerate.logging import get_logger
 
-from k2hf.modeling import K2ForCausalLM
+from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tokenizer import save_tokenizer
 
 from .packing import load_packed, load_sft_tokenizer
@@ -106,6 +106,10 @@ def train(recipe: SFTRecipe) -> Path:
     check_model_fits(recipe)
     dataset, report = load_packed(recipe)
     tokenizer = load_sft_tokenizer(recipe)
+    rows = K2Config.from_pretrained(recipe.resolve(recipe.model)).vocab_size
+    if len(tokenizer) > rows:  # a base tokenizer extended to a chat layout must fit the embedding
+        raise RecipeError(f"the {len(tokenizer)}-token tokenizer does not fit the model's {rows} embedding rows: "
+                          "start from a checkpoint with more rows (K2 has 32032) or a smaller layout")
     trainer = SFTTrainer(
         model=build_model(recipe),
         args=sft_config(recipe),

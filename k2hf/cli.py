@@ -41,7 +41,8 @@ def _read_tools(path: str) -> list:
     from .errors import UserError
 
     try:
-        tools = json.loads(open(path, encoding="utf-8").read())
+        with open(path, encoding="utf-8") as file:
+            tools = json.load(file)
     except (OSError, ValueError) as error:
         raise UserError(f"--tools {path}: cannot read a JSON list of function definitions ({error})") from None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):

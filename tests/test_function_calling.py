@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from conftest import REPO_ROOT
 from k2hf import ConversationError, build_k2_tokenizer, encode_chat, parse_tool_calls
@@ -265,28 +266,30 @@ def test_tiny_model_sft_on_glaive_calls_tools_through_the_parser(tiny_tokenizer,
     samples = {"name": "samples", "kind": "glaive_function_calling", "target": 0,
                "paths": [str(SAMPLES / "glaive_function_calling.jsonl")]}
     taught = {"name": "taught", "kind": "glaive_function_calling", "paths": [str(tmp_path / "taught.jsonl")],
-              "target": 6}
+              "target": 8}
     recipe = {"model": str(base), "output_dir": str(tmp_path / "sft"), "layout": "k2_chat", "max_length": 512,
               "num_proc": 1, "seed": 0, "sources": [samples, taught],
-              "train": {"learning_rate": 5e-3, "num_train_epochs": 40, "per_device_train_batch_size": 1,
+              "train": {"learning_rate": 5e-3, "num_train_epochs": 60, "per_device_train_batch_size": 1,
                         "lr_scheduler_type": "constant", "logging_steps": 1, "save_strategy": "no",
                         "report_to": []}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     out = train(load_recipe(tmp_path / "recipe.yaml"))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sft" / "sft_metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.05, losses[-5:]
     report = json.loads((tmp_path / "sft" / "packed" / "report.json").read_text())
     seen_samples, seen_taught = report["sources"]
     assert seen_samples["rejected"] == {"malformed_tool_call": 1, "malformed_tools": 1, "unknown_role": 1}
     assert (seen_samples["read"], seen_samples["valid"], seen_samples["drawn"]) == (9, 6, 0)
-    assert seen_taught["tools"]["tool_calls"] == seen_taught["tools"]["tool_results"] == 6
+    assert seen_taught["tools"]["tool_calls"] == seen_taught["tools"]["tool_results"] == 8
     call_tokens = len(tiny_tokenizer(json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}}),
                                      add_special_tokens=False)["input_ids"])
-    assert seen_taught["tools"]["tool_call_tokens_trained"] >= 6 * (call_tokens + 2)  # + <tool_call>, </tool_call>
+    assert seen_taught["tools"]["tool_call_tokens_trained"] >= 8 * (call_tokens + 2)  # + <tool_call>, </tool_call>
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     schema = [{"type": "function", "function": TAUGHT_TOOL}]
     question = [{"role": "user", "content": "Weather in Paris?"}]
-    message = generate_message(model, tokenizer, question, tools=schema, max_new_tokens=48)
+    message = generate_message(model, tokenizer, question, tools=schema, max_new_tokens=160)
     assert message.get("tool_calls") == [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}], message
 
@@ -298,7 +301,62 @@ def test_tiny_model_sft_on_glaive_calls_tools_through_the_parser(tiny_tokenizer,
 
     # the functions run; the prompt shows the taught schemas (without `schemas`, each function's docstring
     # schema from transformers' get_json_schema)
-    history = run_tool_loop(model, tokenizer, question, [get_weather], max_new_tokens=48, schemas=schema)
+    history = run_tool_loop(model, tokenizer, question, [get_weather], max_new_tokens=160, schemas=schema)
     assert asked == ["Paris"]
     assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
     assert history[2]["content"] == '{"sky": "sunny"}' and history[-1]["content"] == "Sunny in Paris."
+    # the command line shows the call it makes; a tools file that is not a list of definitions is one line, exit 2
+    import subprocess
+    import sys
+
+    (tmp_path / "tools.json").write_text(json.dumps(schema))
+    (tmp_path / "bad.json").write_text('{"name": "get_weather"}')
+    command = [sys.executable, "-m", "k2hf.cli", "chat", str(out), "--prompt", "Weather in Paris?",
+               "--max-new-tokens", "160", "--tools"]
+    shown = subprocess.run(command + [str(tmp_path / "tools.json")], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == '[tool call] get_weather({"city": "Paris"})'
+    bad = subprocess.run(command + [str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(
+        "expected a JSON list of function definitions (JSON schema objects)")
+
+
+def _sft_recipe(tmp_path, tokenizer_dir, layout, kind="jiuzhang", name="jiuzhang.jsonl"):
+    from k2hf.finetune.recipe import recipe_from_dict
+
+    return recipe_from_dict({"model": str(tokenizer_dir), "output_dir": str(tmp_path / "sft"), "layout": layout,
+                             "max_length": 512, "num_proc": 1,
+                             "sources": [{"name": "s", "kind": kind, "paths": [str(SAMPLES / name)]}]})
+
+
+def test_sft_extends_a_base_tokenizer_and_refuses_another_chat_layout(tiny_tokenizer, tmp_path):
+    from k2hf import detect_layout
+    from k2hf.finetune.packing import load_sft_tokenizer, pack
+    from k2hf.token_layouts import LayoutError
+
+    for layout in ("k2", "k2_chat"):
+        build_k2_tokenizer(tiny_tokenizer.vocab_file, layout=layout).save_pretrained(tmp_path / layout)
+    # a base checkpoint (LLM360/K2's layout) becomes the recipe's chat layout, same ids for the shared tokens
+    for target in ("k2_chat_060124", "k2_chat"):
+        tokenizer = load_sft_tokenizer(_sft_recipe(tmp_path, tmp_path / "k2", target))
+        assert detect_layout(tokenizer) == target and tokenizer.chat_template
+        assert tokenizer("a b <fim_prefix>", add_special_tokens=True)["input_ids"] == tiny_tokenizer(
+            "a b <fim_prefix>")["input_ids"]  # no BOS in a chat layout
+    with pytest.raises(LayoutError, match="its tokenizer has layout 'k2_chat', but the recipe says layout "
+                                          "'k2_chat_060124'; start from a checkpoint of that layout"):
+        pack(_sft_recipe(tmp_path, tmp_path / "k2_chat", "k2_chat_060124"), tmp_path / "out", progress=False)
+    report = pack(_sft_recipe(tmp_path, tmp_path / "k2", "k2_chat_060124"), tmp_path / "out", progress=False)
+    assert report["sources"][0]["valid"] == 4
+    assert detect_layout(AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")) == "k2_chat_060124"
+
+
+def test_060124_recipe_counts_tool_conversations_as_rejections(tiny_tokenizer, tmp_path):
+    """Generic `messages` data with tool calls under a layout without tool tokens: rejected and counted."""
+    from k2hf.finetune.packing import pack
+
+    build_k2_tokenizer(tiny_tokenizer.vocab_file, layout="k2_chat_060124").save_pretrained(tmp_path / "old")
+    rows = [{"messages": CONVERSATION[1:]}, {"messages": [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]}]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = _sft_recipe(tmp_path, tmp_path / "old", "k2_chat_060124", kind="messages", name=tmp_path / "mixed.jsonl")
+    report = pack(recipe, tmp_path / "out", progress=False)
+    assert report["sources"][0]["rejected"] == {"no_tool_tokens": 1} and report["sources"][0]["valid"] == 1
