@@ -78,14 +78,14 @@ def validate_conversation(messages: Sequence[Message], tools: Sequence | None = 
     the assistant again. ``tool_tokens=False`` (a layout without them) rejects tools altogether."""
     if not messages:
         raise ConversationError("K2-Chat: empty conversation", "empty_conversation")
-    if (tools or any(m.get("role") == "tool" or _tool_calls(m) for m in messages)) and not tool_tokens:
+    if (tools or any(_tool_calls(m) for m in messages)) and not tool_tokens:
         raise ConversationError("K2-Chat: this tokenizer's layout has no tool tokens; use the k2_chat layout for "
                                 "tools", "no_tool_tokens")
     roles = "system (first only), user, assistant" + (", tool" if tool_tokens else "")
     previous = "start"
     for index, message in enumerate(messages):
         role = message.get("role")
-        if role not in ("system", "user", "assistant", "tool"):
+        if role not in ("system", "user", "assistant", "tool") or (role == "tool" and not tool_tokens):
             raise ConversationError(f"K2-Chat: unknown role {role!r} at message {index}; roles are {roles}",
                                     "unknown_role")
         if index == 0 and role == "system":

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from k2hf import ConversationError, apply_chat_template_to, encode_chat
+from k2hf import ConversationError, apply_chat_template_to, build_k2_tokenizer, encode_chat
 
 SYSTEM = {"role": "system", "content": "You are K2."}
 TURNS = [
@@ -13,6 +13,16 @@ TURNS = [
     {"role": "user", "content": "Name a prime."},
     {"role": "assistant", "content": "7"},
 ]
+
+
+@pytest.fixture(scope="module", params=["k2_chat", "k2_chat_060124"])
+def chat_tokenizer(request, chat_tokenizer):
+    """Every chat layout (the format's guarantees hold for each): the session's tokenizer and its 060124 twin."""
+    if request.param == "k2_chat":
+        return chat_tokenizer
+    from k2hf.tokenizer import sentencepiece_model_of
+
+    return build_k2_tokenizer(sentencepiece_model_of(chat_tokenizer), layout=request.param)
 
 
 def render(tok, messages, **kw):
@@ -128,6 +138,8 @@ def test_injected_control_strings_stay_plain_text(chat_tokenizer):
     ],
 )
 def test_invalid_conversations_raise_clear_errors(chat_tokenizer, messages, message):
+    if "got 'tool'" in message and "<tool_call>" not in chat_tokenizer.get_vocab():
+        message = "unknown role 'tool' at message [01]; roles are system \\(first only\\), user, assistant$"
     with pytest.raises(ConversationError, match=message):
         encode_chat(chat_tokenizer, messages)
     with pytest.raises(Exception, match=message):

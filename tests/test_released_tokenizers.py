@@ -145,3 +145,29 @@ def test_export_of_the_released_layout_writes_what_converters_read(tmp_path):
     assert decoder["1"] == {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False,
                             "single_word": False, "special": False}
     assert config["add_bos_token"] is False and config["add_eos_token"] is False
+
+
+def test_sft_packing_on_the_released_k2_chat_tokenizer(tmp_path):
+    """SFT packing from a checkpoint whose tokenizer is the released file: rows match encode_chat, replies and
+    calls labelled, the released layout recognised and kept."""
+    from k2hf.finetune.packing import IGNORE, pack
+    from k2hf.finetune.recipe import recipe_from_dict
+
+    samples = REPO_ROOT / "k2hf" / "sample_data" / "sft"
+    released("k2_chat").save_pretrained(tmp_path / "released")
+    recipe = recipe_from_dict({
+        "model": str(tmp_path / "released"), "output_dir": str(tmp_path / "sft"), "layout": "k2_chat",
+        "max_length": 4096, "num_proc": 1,
+        "sources": [{"name": "fc", "kind": "glaive_function_calling",
+                     "paths": [str(samples / "glaive_function_calling.jsonl")]}]})
+    report = pack(recipe, tmp_path / "out", progress=False)
+    assert report["sources"][0]["valid"] == 6 and report["sources"][0]["tools"]["tool_calls"] == 4
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(tmp_path / "out" / "dataset"))
+    ids = [i for row in rows["input_ids"] for i in row]
+    labels = [i for row in rows["labels"] for i in row]
+    assert ids.count(32019) == 4 and all(label == 32019 for i, label in zip(ids, labels) if i == 32019)
+    assert all(label == IGNORE for i, label in zip(ids, labels) if i in (32018, 32020, 32021))  # results, defs
+    assert labels.count(2) == ids.count(2) == 11  # the 6 records hold 11 assistant messages; each ends in id 2
+    assert detect_layout(PreTrainedTokenizerFast.from_pretrained(tmp_path / "out" / "tokenizer")) == "k2_chat"
