@@ -1,7 +1,8 @@
 """``k2hf demo``: the whole K2 story on the bundled sample data, CPU-only, in 1-2 minutes (after the install).
 
 1. A tokenizer in today's K2-Chat layout (``k2_chat``: a tiny SentencePiece base trained on the samples + the 28
-   K2-Chat tokens) and the pretraining data sequence: 4 chunks of 64-token rows (stage 1) and 2 chunks of 128-token rows (stage 2);
+   K2-Chat tokens) and the pretraining data sequence: 4 chunks of 64-token rows (stage 1) and 2 chunks of
+   128-token rows (stage 2);
 2. pretraining a tiny K2 over the chunks, one checkpoint per chunk, with loss-spike detection on and the drill
    (a data fault on chunk 2 drives a malignant spike; the run rolls back and defers the chunk);
 3. the stage-2 context extension (longer rows, RoPE theta 500000) from the stage-1 final checkpoint;
