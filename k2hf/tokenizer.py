@@ -132,8 +132,7 @@ def build_k2_tokenizer(base: str | os.PathLike | PreTrainedTokenizerBase, layout
     single, pair = ("<s>:0 $A:0", "<s>:0 $A:0 <s>:1 $B:1") if spec.adds_bos else ("$A:0", "$A:0 $B:1")
     backend.post_processor = processors.TemplateProcessing(
         single=single, pair=pair, special_tokens=[("<s>", BOS_ID)] if spec.adds_bos else [])
-    # AddedToken objects, not strings: transformers re-adds named special tokens given as strings with
-    # normalized=False / special=True, which would change the released flags of ids 0-2.
+    # the named special tokens as the backend's own AddedToken objects, so ids 0-2 keep the released flags
     flags = backend.get_added_tokens_decoder()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
