@@ -171,3 +171,21 @@ def test_sft_packing_on_the_released_k2_chat_tokenizer(tmp_path):
     assert all(label == IGNORE for i, label in zip(ids, labels) if i in (32018, 32020, 32021))  # results, defs
     assert labels.count(2) == ids.count(2) == 11  # the 6 records hold 11 assistant messages; each ends in id 2
     assert detect_layout(PreTrainedTokenizerFast.from_pretrained(tmp_path / "out" / "tokenizer")) == "k2_chat"
+
+
+@pytest.mark.parametrize("layout", ["k2", "k2_chat_060124"])  # (the default layout: the API tests above)
+def test_tokenizer_command_writes_the_layout(layout, llama_sp_model, tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    result = subprocess.run([sys.executable, "-m", "k2hf.cli", "tokenizer", str(llama_sp_model), str(tmp_path),
+                             "--layout", layout], capture_output=True, text=True, check=True)
+    size = {"k2": 32018, "k2_chat_060124": 32022, "k2_chat": 32028}[layout]
+    assert result.stdout.strip() == f"wrote K2 tokenizer, layout {layout} ({size} tokens) to {tmp_path}"
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert detect_layout(loaded) == layout and len(loaded) == size
+    assert (loaded.chat_template is not None) is (layout != "k2")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is (layout == "k2") and len(config["added_tokens_decoder"]) == size - 32000 + 3
