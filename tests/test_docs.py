@@ -66,7 +66,7 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "ckpt_003 <- chunk 3 (step 27)  [planned: chunk 2]" in out and "ckpt_004 <- chunk 2 (step 36)" in out
     assert "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
-    assert ran.count("launch") == 2
+    assert ran.count("launch") == 3  # pretraining at 65B, SFT for each K2-Chat release
     assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval"} <= set(ran)
     assert ran.count("hub") == 5
     assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
@@ -104,8 +104,13 @@ def test_readme_python_snippets(sandbox, capsys):
     """The local snippet runs on the demo's chat model; the Hub snippet (no Hub here) compiles and names real API."""
     import k2hf
 
-    local, hub, research = _python_blocks()
+    local, hub, tools, research = _python_blocks()
     compile(research, "README.md", "exec")
+    compile(tools, "README.md", "exec")  # function calling: names real API (run for real in test_function_calling)
+    from k2hf import chat
+
+    assert all(hasattr(chat, n) for n in ("generate_message", "run_tool_loop")) and hasattr(k2hf, "parse_tool_calls")
+    assert "from k2hf.chat import generate_message, run_tool_loop" in tools
     assert 'k2hf.checkpoints.load("LLM360/K2", 120' in research
     from k2hf.analysis import memorization
 
