@@ -96,6 +96,18 @@ DRILL_SPIKES = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3
                 "malignant_steps": 4, "drill_poison_chunk": 2, "policy": "defer_chunk"}
 
 
+def marked_spans(ids, mask) -> list[list[int]]:
+    """The runs of ``ids`` where ``mask`` is set (an assistant mask's replies), in order."""
+    spans, current = [], []
+    for token, marked in zip(ids, mask):
+        if marked:
+            current.append(int(token))
+        elif current:
+            spans.append(current)
+            current = []
+    return spans + ([current] if current else [])
+
+
 def train_tiny_run(data: Path, out: Path, **recipe_overrides) -> Path:
     """Pretrain a tiny K2 on prepared ``data`` in this process (steps of 2 rows x 64 tokens): the run dir."""
     import yaml

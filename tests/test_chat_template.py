@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from conftest import marked_spans
 from k2hf import ConversationError, apply_chat_template_to, build_k2_tokenizer, encode_chat
 
 SYSTEM = {"role": "system", "content": "You are K2."}
@@ -61,14 +62,8 @@ def test_assistant_mask_marks_exactly_replies_and_eos(chat_tokenizer):
     tok = chat_tokenizer
     out = tok.apply_chat_template([SYSTEM, *TURNS], return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
-    # token by token: the masked spans are exactly "<reply></s>" for each reply, nothing else
-    spans, current = [], []
-    for token, m in zip(ids, mask):
-        if m:
-            current.append(token)
-        elif current:
-            spans.append(current)
-            current = []
+    # token by token: the masked spans are exactly "<reply> <|endoftext|>" for each reply, nothing else
+    spans = marked_spans(ids, mask)
     # (the released tokenizers decode their normalized id 2 with a space before it)
     assert [tok.decode(s) for s in spans] == ["Hello, how can I help? <|endoftext|>", "7 <|endoftext|>"]
     assert all(s[-1] == 2 for s in spans)

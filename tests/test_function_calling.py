@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, marked_spans
 from k2hf import ConversationError, build_k2_tokenizer, encode_chat, parse_tool_calls
 from k2hf.finetune.packing import IGNORE, encode_conversations
 from k2hf.finetune.sources import read_rows, to_conversation
@@ -81,14 +81,7 @@ def test_structural_encoder_matches_template_with_tools(chat_tokenizer, messages
 
 
 def _spans(tok, ids, mask):
-    spans, current = [], []
-    for token, m in zip(ids, mask):
-        if m:
-            current.append(token)
-        elif current:
-            spans.append(current)
-            current = []
-    return [tok.decode(s, skip_special_tokens=False) for s in spans]
+    return [tok.decode(s, skip_special_tokens=False) for s in marked_spans(ids, mask)]
 
 
 def test_masks_cover_replies_and_calls_never_definitions_or_results(chat_tokenizer):
