@@ -203,8 +203,8 @@ def encode_chats(
     ]
 
 
-def _control_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
-    token_id = tokenizer.get_vocab().get(token)
+def _control_id(vocab: Mapping[str, int], token: str) -> int:
+    token_id = vocab.get(token)
     if token_id is None:
         raise ConversationError(f"K2-Chat: the tokenizer has no {token} token (its layout is not a K2-Chat one)",
                                 "missing_control_token")
@@ -228,7 +228,8 @@ def encode_chats_arrays(
     if not conversations:
         return []
     eos = tokenizer.eos_token
-    tool_tokens = has_tool_tokens(tokenizer)
+    vocab = tokenizer.get_vocab()  # once per call: building it is the costly part on a 32K vocabulary
+    tool_tokens = all(token in vocab for token in K2_TOOL_TOKENS)
     control_ids: dict[str, int] = {}
     texts: list[str] = []
     seg_text: list[int] = []  # index into texts, or -1 for a control token
@@ -245,7 +246,7 @@ def encode_chats_arrays(
                 seg_control.append(0)
             else:
                 if segment.control not in control_ids:
-                    control_ids[segment.control] = _control_id(tokenizer, segment.control)
+                    control_ids[segment.control] = _control_id(vocab, segment.control)
                 seg_text.append(-1)
                 seg_control.append(control_ids[segment.control])
             seg_trained.append(segment.trained)
