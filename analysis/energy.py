@@ -9,13 +9,11 @@ reports the 30 days of loss-spike handling apart.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from k2hf.errors import UserError
-from k2hf.pretrain.monitoring import METRICS, ROLLED_BACK
+from k2hf.formats import JsonlFile, RunDir
 
 K2_KW_PER_GPU = 0.34  # A100 (K2 paper)
 K2_PUE = 1.1
@@ -62,20 +60,20 @@ def run_energy(run_dir: str | os.PathLike, **factors: float) -> dict[str, Energy
     """A run's energy from its step records: ``trained`` (steps in the final model's history), ``rolled_back``
     (steps spike rollbacks took back) and ``total``. Device time of the steps only: start-up and checkpoint saves
     are not in it."""
-    run = Path(run_dir)
-    if not (run / METRICS).is_file():
-        raise UserError(f"{run} has no {METRICS}: give a pretraining run dir")
-    trained, kept_steps = _device_hours(run / METRICS, run)
-    rolled_back, rolled_steps = _device_hours(run / ROLLED_BACK, run) if (run / ROLLED_BACK).is_file() else (0.0, 0)
+    run = RunDir(run_dir)
+    if not run.metrics.exists():
+        raise UserError(f"{run.path} has no {RunDir.METRICS}: give a pretraining run dir")
+    trained, kept_steps = _device_hours(run.metrics)
+    rolled_back, rolled_steps = _device_hours(run.rolled_back)
     return {"trained": Energy(trained, **factors), "rolled_back": Energy(rolled_back, **factors),
             "total": Energy(trained + rolled_back, **factors), "steps": kept_steps, "rolled_back_steps": rolled_steps}
 
 
-def _device_hours(path: Path, run: Path) -> tuple[float, int]:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _device_hours(log: JsonlFile) -> tuple[float, int]:
+    records = log.read()
     missing = [r["step"] for r in records if "seconds" not in r]
     if missing:
-        raise UserError(f"{path} has steps without timing (written by an older k2hf, e.g. step {missing[0]}): "
+        raise UserError(f"{log.path} has steps without timing (written by an older k2hf, e.g. step {missing[0]}): "
                         "estimate with --gpus and --days instead")
     return sum(r["seconds"] * r.get("processes", 1) for r in records) / 3600.0, len(records)
 

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 import k2hf.checkpoints as checkpoints_api
 from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
+from k2hf.formats import RunDir
 from k2hf.modeling import CACHE_ARG
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
@@ -98,7 +99,7 @@ class TrainedData:
 
 def trained_data(source: str | os.PathLike, checkpoint: Checkpoint, order: list[int] | None) -> TrainedData:
     """Exact rows for a run dir's checkpoints; the first N chunks of ``order`` for ``ckpt_N`` elsewhere."""
-    if checkpoint.path is not None and checkpoints_api.is_run_dir(source):
+    if checkpoint.path is not None and RunDir.is_run_dir(source):
         return TrainedData(rows=RunRecord(source).trained_rows(checkpoint.name))
     if order is not None and checkpoint.number is not None:
         return TrainedData(chunks=frozenset(order[: checkpoint.number]))
@@ -163,7 +164,7 @@ def analyze_memorization(
     order = order_preset(order) if isinstance(order, str) else order
     available = checkpoints_api.list_checkpoints(source, order=order)
     selected = select_checkpoints(available, checkpoints)
-    is_run = checkpoints_api.is_run_dir(source)
+    is_run = RunDir.is_run_dir(source)
     if data is None:
         if not is_run or RunRecord(source).data_dir is None:
             raise UserError("give --data: the prepared data dir the rows come from")

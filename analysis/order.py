@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from k2hf.checkpoints import is_run_dir
 from k2hf.data_format import MANIFEST
 from k2hf.errors import UserError
+from k2hf.formats import RunDir
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import ORDER_PRESETS, order_preset
 
@@ -51,7 +51,7 @@ class ChunkOrder:
         path = Path(source)
         if not path.is_dir():
             raise UserError(f"{path} is not a directory: give a prepared data dir or a pretraining run dir")
-        if is_run_dir(path) or (path / "data_sequence.jsonl").is_file():
+        if RunDir.is_run_dir(path):
             record = RunRecord(path)
             return cls([CheckpointChunk(c.number, c.chunk, c.planned_chunk, c.global_step)
                         for c in record.chunk_checkpoints()], f"run {path}")

@@ -9,17 +9,25 @@ rollback deferred a chunk and the run diverged from the data manifest's plan.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from k2hf.checkpoints import CHUNK_CHECKPOINT, SPIKE_EVIDENCE, STEP_CHECKPOINT
 from k2hf.errors import UserError
-from k2hf.pretrain.monitoring import DATA_LOG
-from k2hf.pretrain.spikes import effective_data_sequence
+from k2hf.formats import (
+    CHUNK_CHECKPOINT,
+    SPIKE_EVIDENCE,
+    STEP_CHECKPOINT,
+    ChunkEnd,
+    Event,
+    Halt,
+    Rollback,
+    RunDir,
+    TrainStep,
+    live_steps,
+)
 
 
 class RunRecordError(UserError):
@@ -40,25 +48,24 @@ class RunRecord:
     """The replayable history of one run dir (``RUN/data_sequence.jsonl``)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.run_dir = Path(run_dir)
-        path = self.run_dir / DATA_LOG
-        if not path.is_file():
-            raise RunRecordError(f"{self.run_dir} has no {DATA_LOG}: not a k2hf pretraining run dir")
-        self.log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        start = next((e for e in self.log if e.get("event") == "start"), None)
-        self.planned_order: list[int] | None = start["order"] if start else None
-        self.data_dir: Path | None = Path(start["data"]) if start and start.get("data") else None
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
+        if not self.run.data_sequence.exists():
+            raise RunRecordError(f"{self.run_dir} has no {RunDir.DATA_SEQUENCE}: not a k2hf pretraining run dir")
+        self.events: list[Event] = self.run.events()
+        start = self.run.start()
+        self.planned_order: list[int] | None = start.order if start else None
+        self.data_dir: Path | None = Path(start.data) if start and start.data else None
 
     # ------------------------------------------------------------------ checkpoints -> chunks
     def chunk_checkpoints(self) -> list[ChunkCheckpoint]:
         """Every ``ckpt_N`` the run wrote, as the files on disk have it (a later write of ``ckpt_N`` wins)."""
         found: dict[int, ChunkCheckpoint] = {}
-        for entry in self.log:
-            if entry.get("event") == "chunk_end":
-                n = entry["order_pos"] + 1
-                plan = self.planned_order
-                found[n] = ChunkCheckpoint(n, entry["chunk"], entry["step"],
-                                           plan[n - 1] if plan and n <= len(plan) else None)
+        plan = self.planned_order
+        for event in self.events:
+            if isinstance(event, ChunkEnd):
+                n = event.checkpoint_number
+                found[n] = ChunkCheckpoint(n, event.chunk, event.step, plan[n - 1] if plan and n <= len(plan) else None)
         return [found[n] for n in sorted(found)]
 
     # ------------------------------------------------------------------ checkpoints -> rows
@@ -67,33 +74,28 @@ class RunRecord:
         ``ckpt_007``, ``step_0001234`` or a spike-evidence name such as ``spike_001_step_0000022``."""
         position = self._position_of(checkpoint)
         rows: dict[int, list[int]] = {}
-        for entry in self._live_steps(position):
-            ids = entry.get("row_ids") or range(*entry["rows"])
-            rows.setdefault(entry["chunk"], []).extend(ids)
+        for step in live_steps(self.events[: position + 1]):
+            rows.setdefault(step.chunk, []).extend(step.row_indices())
         return {chunk: np.unique(np.asarray(ids, dtype=np.int64)) for chunk, ids in rows.items()}
 
     def _position_of(self, checkpoint: str) -> int:
-        """Index of the log entry after which ``checkpoint`` was written (its last write)."""
+        """Index of the event after which ``checkpoint`` was written (its last write)."""
         position = None
         if m := CHUNK_CHECKPOINT.match(checkpoint):
-            for i, e in enumerate(self.log):
-                if e.get("event") == "chunk_end" and e["order_pos"] + 1 == int(m.group(1)):
+            for i, e in enumerate(self.events):
+                if isinstance(e, ChunkEnd) and e.checkpoint_number == int(m.group(1)):
                     position = i
         elif m := STEP_CHECKPOINT.match(checkpoint):
-            for i, e in enumerate(self.log):
-                if "event" not in e and e.get("step") == int(m.group(1)):
+            for i, e in enumerate(self.events):
+                if isinstance(e, TrainStep) and e.step == int(m.group(1)):
                     position = i
         elif SPIKE_EVIDENCE.match(checkpoint):
-            for i, e in enumerate(self.log):
-                if e.get("event") in ("rollback", "halt") and e.get("evidence") == f"spikes/{checkpoint}":
+            for i, e in enumerate(self.events):
+                if isinstance(e, (Rollback, Halt)) and e.evidence == self.run.evidence_ref(checkpoint):
                     position = i - 1  # the evidence is the diverged state, saved before the rollback
         if position is None:
-            raise RunRecordError(f"{DATA_LOG} of {self.run_dir} records no checkpoint {checkpoint!r}")
+            raise RunRecordError(f"{RunDir.DATA_SEQUENCE} of {self.run_dir} records no checkpoint {checkpoint!r}")
         return position
-
-    def _live_steps(self, position: int) -> list[dict]:
-        """The step entries in effect after log entry ``position``: a rollback discards the steps after its target."""
-        return effective_data_sequence(self.log[: position + 1])
 
 
 __all__ = ["ChunkCheckpoint", "RunRecord", "RunRecordError"]

@@ -10,70 +10,23 @@ for ckpt in k2hf.checkpoints.list("outputs/pretrain/run"):  # chunk, mid-chunk s
     print(ckpt.name, ckpt.kind, ckpt.global_step, ckpt.tokens_seen, ckpt.chunk)
 ```
 
-This module also owns the names a run dir uses (``ckpt_007``, ``step_0001234``, ``trainer_state.json``), so the
-trainer that writes them and every reader agree.
+A run dir's checkpoints come from its owner, :class:`k2hf.formats.RunDir` (the one lister the trainer uses too).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .errors import UserError
+from .formats import CHUNK_CHECKPOINT, Checkpoint, RunDir
 from .release import K2_HUB_MODEL, k2_chunk_order
-
-TRAINER_STATE = "trainer_state.json"
-CHECKPOINTS_DIR = "checkpoints"
-SPIKES_DIR = "spikes"
-CHUNK_CHECKPOINT = re.compile(r"^ckpt_(\d+)$")
-STEP_CHECKPOINT = re.compile(r"^step_(\d+)$")
-SPIKE_EVIDENCE = re.compile(r"^spike_(\d+)_step_(\d+)$")
-
-Kind = Literal["chunk", "step", "spike_evidence", "model"]
 
 
 class CheckpointError(UserError):
     """A source with no such checkpoint, or a source that is neither a run dir, a model dir nor a Hub repo."""
-
-
-def chunk_checkpoint_name(number: int) -> str:
-    """``ckpt_001`` is the checkpoint after the first chunk of the training order (``number`` is 1-based)."""
-    return f"ckpt_{number:03d}"
-
-
-def step_checkpoint_name(global_step: int) -> str:
-    return f"step_{global_step:07d}"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One checkpoint. Local ones have ``path``; Hub ones have ``repo_id`` + ``revision`` (pass to
-    ``from_pretrained``). ``chunk`` is the chunk trained last (for a mid-chunk checkpoint: the one in progress);
-    fields a source does not record are None."""
-
-    name: str
-    kind: Kind
-    number: int | None = None  # N of ckpt_N: chunks finished
-    global_step: int | None = None
-    tokens_seen: int | None = None
-    chunk: int | None = None
-    path: Path | None = None
-    repo_id: str | None = None
-    revision: str | None = None
-
-    @property
-    def location(self) -> str:
-        return str(self.path) if self.path is not None else f"{self.repo_id}@{self.revision}"
-
-    def from_pretrained_args(self) -> tuple[str, dict[str, Any]]:
-        """``(pretrained_model_name_or_path, kwargs)`` that load exactly this checkpoint."""
-        if self.path is not None:
-            return str(self.path), {}
-        return self.repo_id, {"revision": self.revision}
 
 
 def looks_local(source: str | os.PathLike) -> bool:
@@ -106,10 +59,6 @@ def check_model_dir(source: str | os.PathLike, tokenizer: bool = True) -> None:
                               "tokenizer there (`k2hf tokenizer LLAMA_TOKENIZER_MODEL DIR` or k2hf.save_tokenizer)")
 
 
-def is_run_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / CHECKPOINTS_DIR).is_dir()
-
-
 def list_checkpoints(source: str | os.PathLike, order: list[int] | None = None) -> list[Checkpoint]:
     """The checkpoints of ``source`` in training order.
 
@@ -120,51 +69,17 @@ def list_checkpoints(source: str | os.PathLike, order: list[int] | None = None) 
     """
     path = Path(source)
     if path.is_dir():
-        if is_run_dir(path):
-            return _run_checkpoints(path)
+        if RunDir.is_run_dir(path):
+            return RunDir(path).checkpoints()
         if (path / "config.json").is_file():
             return [Checkpoint(name=path.name, kind="model", path=path)]
-        raise CheckpointError(f"{path} is neither a k2hf run dir (no {CHECKPOINTS_DIR}/) nor a model dir "
+        raise CheckpointError(f"{path} is neither a k2hf run dir (no {RunDir.CHECKPOINTS}/) nor a model dir "
                               "(no config.json)")
     if path.exists():
         raise CheckpointError(f"{source} is a file: give a run dir, a model dir or a Hub repo id")
     if looks_local(source):
         raise CheckpointError(f"{source} does not exist (a local path); give a run dir, a model dir or a Hub repo id")
     return _hub_checkpoints(str(source), order)
-
-
-def _run_checkpoints(run: Path) -> list[Checkpoint]:
-    found = []
-    for folder, patterns in ((run / CHECKPOINTS_DIR, ("chunk", "step")), (run / SPIKES_DIR, ("spike_evidence",))):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            kind = _kind_of(path.name)
-            if kind in patterns and (path / TRAINER_STATE).is_file():
-                found.append(_from_trainer_state(path, kind))
-    rank = {"chunk": 0, "step": 1, "spike_evidence": 2}
-    return sorted(found, key=lambda c: (c.global_step, rank[c.kind], c.name))
-
-
-def _kind_of(name: str) -> Kind | None:
-    if CHUNK_CHECKPOINT.match(name):
-        return "chunk"
-    if STEP_CHECKPOINT.match(name):
-        return "step"
-    if SPIKE_EVIDENCE.match(name):
-        return "spike_evidence"
-    return None
-
-
-def _from_trainer_state(path: Path, kind: Kind) -> Checkpoint:
-    state = json.loads((path / TRAINER_STATE).read_text())
-    order, pos = state.get("order", []), state.get("order_pos", 0)
-    # a chunk checkpoint is written after order_pos moved past its chunk; the others inside the current chunk
-    chunk_pos = pos - 1 if kind == "chunk" else pos
-    chunk = order[chunk_pos] if 0 <= chunk_pos < len(order) else None
-    number = int(CHUNK_CHECKPOINT.match(path.name).group(1)) if kind == "chunk" else None
-    return Checkpoint(name=path.name, kind=kind, number=number, global_step=state.get("global_step"),
-                      tokens_seen=state.get("tokens_seen"), chunk=chunk, path=path)
 
 
 def _hub_checkpoints(repo_id: str, order: list[int] | None) -> list[Checkpoint]:
@@ -223,5 +138,5 @@ def load(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretra
 
 list = list_checkpoints  # noqa: A001  `k2hf.checkpoints.list(source)`; nothing below may call the builtin
 
-__all__ = ["Checkpoint", "CheckpointError", "check_model_dir", "find", "is_run_dir", "list", "list_checkpoints", "load",
+__all__ = ["Checkpoint", "CheckpointError", "check_model_dir", "find", "list", "list_checkpoints", "load",
            "looks_local"]

@@ -17,13 +17,13 @@ from typing import Literal
 
 import numpy as np
 
+from k2hf.formats import ChunkEnd, Skip, TrainerState, TrainStep
+
 from .config import BatchGeometry
 from .data.reader import PreparedData
 
 # chunk, this rank's row indices, their tokens -> the tokens to train on
 DataFault = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
-_DEFAULTS = {"order_pos": 0, "step_in_chunk": 0, "skipped_rows": {}, "resume_steps": {}, "skip_steps": {},
-             "reseeds": {}, "deferred": []}
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,14 @@ class Step:
     mine: np.ndarray | None = None  # this rank's row indices (train steps)
     row_ids: list[int] | None = None
 
-    def record(self) -> dict:
-        """This step's entry in the data-sequence log."""
+    def event(self, global_step: int) -> TrainStep | Skip | ChunkEnd:
+        """This step's event in the data-sequence log (``global_step``: where the run is once it is done)."""
         if self.kind == "chunk_end":
-            entry = {"event": "chunk_end", "chunk": self.chunk, "order_pos": self.order_pos,
-                     "rows_trained": self.rows[0], "rows_not_trained": list(self.rows)}
-            return entry | ({"row_ids_not_trained": self.row_ids} if self.row_ids is not None else {})
+            return ChunkEnd(global_step, self.chunk, self.order_pos, rows_trained=self.rows[0],
+                            rows_not_trained=self.rows, row_ids_not_trained=self.row_ids)
         if self.kind == "skip":
-            return {"event": "skip", "chunk": self.chunk, "rows": list(self.rows)}
-        entry = {"chunk": self.chunk, "order_pos": self.order_pos, "rows": list(self.rows)}
-        return entry | ({"row_ids": self.row_ids} if self.row_ids is not None else {})
+            return Skip(global_step, self.chunk, self.rows)
+        return TrainStep(global_step, self.chunk, self.order_pos, self.rows, self.row_ids)
 
 
 class DataPosition:
@@ -61,13 +59,15 @@ class DataPosition:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return copy.deepcopy({key: getattr(self, key) for key in ("order", *_DEFAULTS)})
+        """The position's fields of ``trainer_state.json`` (:attr:`TrainerState.POSITION_FIELDS`)."""
+        return copy.deepcopy({key: getattr(self, key) for key in TrainerState.POSITION_FIELDS})
 
     def load_state_dict(self, state: dict, keep_deferred: bool = False) -> None:
         """Take a saved position; ``keep_deferred`` (a rollback) keeps the record of chunks deferred so far."""
         deferred = list(self.deferred) if keep_deferred else None
-        for key, default in {"order": [], **_DEFAULTS}.items():
-            setattr(self, key, copy.deepcopy(state.get(key, default)))
+        saved = TrainerState.from_dict(state).position()  # the defaults of a position saved before a field existed
+        for key, value in saved.items():
+            setattr(self, key, copy.deepcopy(value))
         self.deferred = deferred if deferred is not None else self.deferred
         self._cached: tuple[tuple, np.ndarray] | None = None
 

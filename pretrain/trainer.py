@@ -25,8 +25,18 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, TorchDynam
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from k2hf.checkpoints import chunk_checkpoint_name, step_checkpoint_name
 from k2hf.data_format import MANIFEST
+from k2hf.formats import (
+    DataChanged,
+    Halt,
+    Rollback,
+    RunDir,
+    TrainerState,
+    chunk_checkpoint_name,
+    spike_evidence_name,
+    step_checkpoint_name,
+)
+from k2hf.formats import SpikeAction as RecordedAction
 from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tokenizer import padded_vocab_rows
 
@@ -77,7 +87,8 @@ class Pretrainer:
         self.accelerator.gradient_accumulation_steps = self.geometry.grad_accum
         self._configure_deepspeed(self.geometry)
         self.position = DataPosition(self.data, self.geometry, self.accelerator.process_index)
-        self.logs = RunLogs(self.output_dir, self.accelerator.is_main_process)
+        self.run = RunDir(self.output_dir, writable=self.accelerator.is_main_process)
+        self.logs = RunLogs(self.run)
         self.monitor = SpikeMonitor(config.spikes, config.seed) if config.spikes.enabled else None
         self.progress = Progress()
         self.halted = False
@@ -164,15 +175,16 @@ class Pretrainer:
         return get_linear_schedule_with_warmup(optimizer, o.warmup_steps, self.total_steps)
 
     # ---------------------------------------------------------------- state
-    def state_dict(self) -> dict:
+    def state_dict(self) -> TrainerState:
         """What ``trainer_state.json`` holds: the counters, the data position, and the data log's length."""
-        return {**asdict(self.progress), **self.position.state_dict(), "data_log_lines": self.logs.data.line_count(),
-                "data_manifest_sha256": self.data.manifest_sha256}
+        return TrainerState(**asdict(self.progress), **self.position.state_dict(),
+                            data_log_lines=self.logs.data.line_count(),
+                            data_manifest_sha256=self.data.manifest_sha256)
 
-    def load_state_dict(self, state: dict, rollback: bool = False) -> None:
+    def load_state_dict(self, state: TrainerState, rollback: bool = False) -> None:
         rollbacks = self.progress.rollbacks
-        self.progress = Progress(**{k: state[k] for k in asdict(self.progress) if k in state})
-        self.position.load_state_dict(state, keep_deferred=rollback)
+        self.progress = Progress(**{k: getattr(state, k) for k in asdict(self.progress)})
+        self.position.load_state_dict(state.position(), keep_deferred=rollback)
         if rollback:
             self.progress.rollbacks = rollbacks + 1
         self.total_steps = self.position.planned_steps(self.config.max_steps)
@@ -188,18 +200,16 @@ class Pretrainer:
         self.accelerator.register_for_checkpointing(self.scheduler)
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpointer = Checkpointer(self.accelerator, self.model, self.tokenizer, self.output_dir / "checkpoints",
-                                         self.config.checkpoint)
+        self.checkpointer = Checkpointer(self.accelerator, self.model, self.tokenizer, self.run, self.config.checkpoint)
         resumed = self.checkpointer.resume()
         if resumed is not None:
             path, state = resumed
             self._check_same_data(path, state)
             self.load_state_dict(state)
             self.logs.resume(state)
-            if state.get("data_manifest_sha256", self.data.manifest_sha256) != self.data.manifest_sha256:
-                self.logs.data.append({"step": self.progress.global_step, "event": "data_changed",
-                                       "from": state["data_manifest_sha256"], "to": self.data.manifest_sha256,
-                                       "data": str(self.data.path.resolve())})
+            if state.data_manifest_sha256 not in (None, self.data.manifest_sha256):
+                self.logs.event(DataChanged(self.progress.global_step, state.data_manifest_sha256,
+                                            self.data.manifest_sha256, str(self.data.path.resolve())))
             logger.info("resumed from %s at step %d", path.name, self.progress.global_step)
         else:
             self.logs.start(self.position.order, str(self.data.path.resolve()), asdict(self.config.spikes))
@@ -211,9 +221,9 @@ class Pretrainer:
             self.position.fault = poisoned_chunk(drill, self.data.manifest["tokenizer"]["vocab"], self.config.seed)
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
 
-    def _check_same_data(self, checkpoint: Path, state: dict) -> None:
+    def _check_same_data(self, checkpoint: Path, state: TrainerState) -> None:
         """Refuse to resume onto data other than the checkpoint's (unless ``allow_data_change``)."""
-        recorded = state.get("data_manifest_sha256")  # None: a checkpoint from before this was recorded
+        recorded = state.data_manifest_sha256  # None: a checkpoint from before this was recorded
         if recorded is None or recorded == self.data.manifest_sha256 or self.config.allow_data_change:
             return
         raise TrainConfigError(
@@ -255,7 +265,7 @@ class Pretrainer:
             if step is None:
                 break
             if step.kind != "train":
-                self.logs.data.append({"step": progress.global_step, **step.record()})
+                self.logs.event(step.event(progress.global_step))
                 if step.kind == "chunk_end":
                     self.checkpoint(chunk_checkpoint_name(step.order_pos + 1))
                 continue
@@ -272,7 +282,7 @@ class Pretrainer:
                 "peak_mem_gb": peak_memory_gb(), "chunk": step.chunk,
                 "seconds": elapsed, "processes": acc.num_processes,  # device time of the step (energy reports)
             }
-            self.logs.data.append({"step": progress.global_step, **step.record()})
+            self.logs.event(step.event(progress.global_step))
             self.logs.metrics.append(record)
             acc.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=progress.global_step)
             self.bar.update()
@@ -301,7 +311,7 @@ class Pretrainer:
     # ---------------------------------------------------------------- spike actions
     def _handle_spike(self, action: SpikeAction) -> bool:
         """Carry out a spike action; True when the position changed (rollback or halt)."""
-        spike, outcome = action.spike, "none"
+        spike, outcome = action.spike, RecordedAction("none")
         if action.kind != "none":
             logger.warning("malignant loss spike: onset step %d, now %d", spike.onset_step, spike.end_step)
             evidence = self._keep_evidence()
@@ -309,14 +319,13 @@ class Pretrainer:
             if target is None:
                 self.halted = True
                 reason = action.reason or "no checkpoint before onset"
-                self.logs.data.append({"step": self.progress.global_step, "event": "halt", "reason": reason,
-                                       "evidence": evidence})
-                outcome = "halt"
+                self.logs.event(Halt(self.progress.global_step, reason, evidence))
+                outcome = RecordedAction("halt", reason=reason)
             else:
                 self._roll_back(target, spike, evidence)
-                outcome = f"rollback to {target.name} + {self.config.spikes.policy}"
-        self.logs.spikes.append({**spike.summary(), "action": outcome})
-        return outcome != "none"
+                outcome = RecordedAction("rollback", to=target.name, policy=self.config.spikes.policy)
+        self.logs.spike(spike.summary(), outcome)
+        return outcome.kind != "none"
 
     def _roll_back(self, target: Path, spike: Spike, evidence: str) -> None:
         diverged_at = self.progress.global_step
@@ -324,11 +333,11 @@ class Pretrainer:
         self.monitor.apply_policy(self.position, spike, self.progress.rollbacks)  # reorders or skips: same plan
         self.position.fault = None  # the drill's fault is transient
         step = self.progress.global_step
-        self.logs.data.append({
-            "step": diverged_at, "event": "rollback", "to_step": step, "to": target.name,
-            "onset_step": spike.onset_step, "policy": self.config.spikes.policy, "order": list(self.position.order),
-            "order_pos": self.position.order_pos, "step_in_chunk": self.position.step_in_chunk, "evidence": evidence,
-        })
+        self.logs.event(Rollback(
+            diverged_at, to_step=step, to=target.name, onset_step=spike.onset_step, policy=self.config.spikes.policy,
+            order=list(self.position.order), order_pos=self.position.order_pos,
+            step_in_chunk=self.position.step_in_chunk, evidence=evidence,
+        ))
         self.logs.take_back(step, self.progress.rollbacks)  # measured, kept, marked as taken back
         self.checkpointer.supersede_after(step, self.output_dir / evidence)
         self.accelerator.wait_for_everyone()
@@ -337,11 +346,11 @@ class Pretrainer:
 
     def _keep_evidence(self) -> str:
         """Save the diverged model (like K2-Spike-1/2) and its curve under ``spikes/spike_NNN``."""
-        name = f"spike_{self.progress.rollbacks + 1:03d}_step_{self.progress.global_step:07d}"
-        self.checkpointer.save(name, self.state_dict(), root=self.output_dir / "spikes")
+        name = spike_evidence_name(self.progress.rollbacks + 1, self.progress.global_step)
+        self.checkpointer.save(name, self.state_dict(), root=self.run.evidence_dir)
         if self.accelerator.is_main_process:
-            shutil.copy(self.logs.metrics.path, self.output_dir / "spikes" / name / "metrics_diverged.jsonl")
-        return f"spikes/{name}"
+            shutil.copy(self.logs.metrics.path, self.run.evidence(name) / RunDir.DIVERGED_METRICS)
+        return self.run.evidence_ref(name)
 
 
 def reset_accelerate_state() -> None:

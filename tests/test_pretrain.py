@@ -17,7 +17,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO_ROOT
-from k2hf.pretrain.checkpointing import TRAINER_STATE, latest_checkpoint
+from k2hf.formats import TRAINER_STATE, DataChanged, JsonlFile, RunDir, SpikeAction, spike_action
 from k2hf.pretrain.config import TrainConfigError, load_train_config
 from k2hf.pretrain.data.config import load_data_config
 from k2hf.pretrain.data.prepare import prepare
@@ -73,7 +73,7 @@ def _launch(engine: str, recipe: Path) -> subprocess.CompletedProcess:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(run_dir).metrics.read()
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_data_sequence_log_maps_every_step_to_rows(reference_runs, sample_data):
     from k2hf.pretrain.data.reader import PreparedData
 
     data = PreparedData(sample_data / "stage1")
-    log = [json.loads(line) for line in (reference_runs["zero2"] / "data_sequence.jsonl").read_text().splitlines()]
+    log = RunDir(reference_runs["zero2"]).data_sequence.read()
     steps = [r for r in log if "rows" in r]
     assert [r["step"] for r in steps] == list(range(1, 9))
     expected = []
@@ -145,7 +145,7 @@ def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, 
     process.wait()
     killed_at = len(_metrics(run))
     assert killed_at < 8, "the run finished before the kill"
-    resumed_from = latest_checkpoint(run / "checkpoints")
+    resumed_from = RunDir(run).latest_checkpoint()
     assert resumed_from is not None
     _launch(engine, recipe)  # the same command again
     reference = [m["loss"] for m in _metrics(reference_runs[engine])]
@@ -165,16 +165,13 @@ def test_spike_drill_rolls_back_the_same_way_under_two_processes(sample_data, tm
                      log={"tensorboard": False})
     _launch(engine, recipe)
     run = tmp_path / engine
-    events = [json.loads(line) for line in (run / "spikes.jsonl").read_text().splitlines()]
+    events = JsonlFile(run / "spikes.jsonl").read()
     (event,) = [e for e in events if e["class"] == "malignant"]
     # ZeRO-3 reduces in another order: the curve differs in the last bits and may show a benign bump, never acted on
-    assert all(e["class"] == "benign" and e["action"] == "none" for e in events if e is not event)
+    assert all(e["class"] == "benign" and spike_action(e).kind == "none" for e in events if e is not event)
     assert (event["onset_step"], event["end_step"], event["class"]) == (19, 22, "malignant")
-    assert event["action"] == "rollback to ckpt_002 + defer_chunk"
-    from k2hf.pretrain.spikes import effective_data_sequence
-
-    log = [json.loads(line) for line in (run / "data_sequence.jsonl").read_text().splitlines()]
-    assert [s["chunk"] for s in effective_data_sequence(log)] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
+    assert spike_action(event) == SpikeAction("rollback", to="ckpt_002", policy="defer_chunk")
+    assert [s.chunk for s in RunDir(run).live_steps()] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
     final = json.loads((run / "checkpoints" / "ckpt_004" / TRAINER_STATE).read_text())
     assert (final["order"], final["rollbacks"], final["global_step"]) == ([0, 1, 3, 2], 1, 36)
     assert [m["step"] for m in _metrics(run)] == list(range(1, 37))
@@ -219,7 +216,7 @@ def test_crash_during_save_keeps_previous_checkpoint(sample_data, tmp_path, monk
     root = tmp_path / "crashy" / "checkpoints"
     assert (root / ".ckpt_002.tmp" / "model.safetensors").is_file()  # looks half-done ...
     assert not (root / "ckpt_002").exists()
-    assert latest_checkpoint(root).name == "ckpt_001"  # ... and is never taken for a checkpoint
+    assert RunDir(root.parent).latest_checkpoint().name == "ckpt_001"  # ... and is never taken for a checkpoint
     state = _train_in_process(recipe)
     assert state.global_step == 8 and not (root / ".ckpt_002.tmp").exists()
     assert [m["loss"] for m in _metrics(tmp_path / "crashy")] == [m["loss"] for m in _metrics(tmp_path / "reference")]
@@ -292,8 +289,8 @@ def test_shipped_recipes_parse(tmp_path):
     assert stage1.spikes.enabled and stage1.spikes.policy == "defer_chunk"  # K2's headline lesson, on by default
     stage2 = load_train_config(REPO_ROOT / "pretrain/configs/k2_65b_stage2.yaml")
     assert stage2.spikes.enabled
-    from k2hf.checkpoints import chunk_checkpoint_name
     from k2hf.finetune.recipe import load_recipe
+    from k2hf.formats import chunk_checkpoint_name
 
     sft = load_recipe(REPO_ROOT / "finetune/recipes/k2_chat_060124.yaml")  # starts from a checkpoint stage 2 writes
     assert Path(sft.model).parent == Path(stage2.output_dir) / "checkpoints"
@@ -318,7 +315,7 @@ def test_resume_onto_changed_data_is_refused_unless_allowed(sample_data, tmp_pat
     data = _copy_of(sample_data / "stage1", tmp_path)
     recipe = _recipe(tmp_path, data, max_steps=4, checkpoint={"every_steps": 2})
     _train_in_process(recipe)
-    state = json.loads((latest_checkpoint(tmp_path / "run" / "checkpoints") / TRAINER_STATE).read_text())
+    state = json.loads((RunDir(tmp_path / "run").latest_checkpoint().path / TRAINER_STATE).read_text())
     assert state["data_manifest_sha256"] == PreparedData(data).manifest_sha256
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["chunk_order"] = list(reversed(manifest["chunk_order"]))  # as another recipe would prepare it
@@ -327,11 +324,12 @@ def test_resume_onto_changed_data_is_refused_unless_allowed(sample_data, tmp_pat
                                                r"allow_data_change=true"):
         _train_in_process(recipe, max_steps=6)
     _train_in_process(recipe, max_steps=6, allow_data_change=True)
-    events = [json.loads(line) for line in (tmp_path / "run" / "data_sequence.jsonl").read_text().splitlines()]
-    changed = [e for e in events if e.get("event") == "data_changed"]
-    assert len(changed) == 1 and changed[0]["from"] == state["data_manifest_sha256"]
-    assert changed[0]["to"] == PreparedData(data).manifest_sha256 and changed[0]["step"] == state["global_step"]
-    assert max(e["step"] for e in events) == 6
+    events = RunDir(tmp_path / "run").events()
+    changed = [e for e in events if isinstance(e, DataChanged)]
+    assert len(changed) == 1 and changed[0].from_sha256 == state["data_manifest_sha256"]
+    assert changed[0].to_sha256 == PreparedData(data).manifest_sha256 and changed[0].step == state["global_step"]
+    assert changed[0].to_record()["from"] == state["data_manifest_sha256"]  # the keys on disk
+    assert max(e.step for e in events) == 6
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])

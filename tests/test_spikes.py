@@ -12,11 +12,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import REPO_ROOT
 from k2hf import cli
+from k2hf.formats import JsonlFile, RunDir, SpikeAction, spike_action
 from k2hf.pretrain.config import SpikeSection, load_train_config
 from k2hf.pretrain.data.config import load_data_config
 from k2hf.pretrain.data.prepare import prepare
 from k2hf.pretrain.data.reader import PreparedData
-from k2hf.pretrain.spikes import analyze, detect, effective_data_sequence
+from k2hf.pretrain.spikes import analyze, detect
 
 
 def _curve(n=600, noise=0.02, seed=0):
@@ -109,7 +110,7 @@ def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return JsonlFile(path).read()
 
 
 def _dataset_loss(checkpoint: Path, data: Path) -> float:
@@ -133,7 +134,8 @@ def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_r
     run = _run(tmp_path, data_dir, "drill", {**DRILL, "policy": "defer_chunk"})
     (event,) = _jsonl(run / "spikes.jsonl")
     assert (event["onset_step"], event["end_step"], event["class"]) == (19, 22, "malignant")
-    assert event["action"] == "rollback to ckpt_002 + defer_chunk"
+    assert event["action"] == {"kind": "rollback", "to": "ckpt_002", "policy": "defer_chunk"}  # structured on disk
+    assert spike_action(event) == SpikeAction("rollback", to="ckpt_002", policy="defer_chunk")
     assert event["peak_loss"] > event["baseline"] + 1.0
     # evidence: the diverged model at detection, loadable, with the curve that diverged
     evidence = run / "spikes" / "spike_001_step_0000022"
@@ -146,9 +148,9 @@ def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_r
     (rollback,) = [e for e in log if e.get("event") == "rollback"]
     assert (rollback["to_step"], rollback["to"], rollback["order"], rollback["evidence"]) == (
         18, "ckpt_002", [0, 1, 3, 2], "spikes/spike_001_step_0000022")
-    steps = effective_data_sequence(log)
-    assert [s["step"] for s in steps] == list(range(1, 37))
-    assert [s["chunk"] for s in steps] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
+    steps = RunDir(run).live_steps()
+    assert [s.step for s in steps] == list(range(1, 37))
+    assert [s.chunk for s in steps] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
     final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
     assert final["order"] == [0, 1, 3, 2] and final["rollbacks"] == 1 and final["global_step"] == 36
     assert [r["step"] for r in _jsonl(run / "metrics.jsonl")] == list(range(1, 37))  # diverged steps replaced
@@ -166,15 +168,15 @@ def test_drill_skip_window_skips_the_spike_rows(data_dir, tmp_path):
     assert [(e["chunk"], e["rows"]) for e in skips] == [(2, [0, 2]), (2, [2, 4]), (2, [4, 6]), (2, [6, 8])]
     final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
     assert final["global_step"] == 32 and final["skip_steps"] == {"2": [[0, 4]]}
-    assert [s["chunk"] for s in effective_data_sequence(log)] == [0] * 9 + [1] * 9 + [2] * 5 + [3] * 9
+    assert [s.chunk for s in RunDir(run).live_steps()] == [0] * 9 + [1] * 9 + [2] * 5 + [3] * 9
 
 
 def test_drill_reseed_reshuffles_the_rest_of_the_chunk(data_dir, tmp_path):
     run = _run(tmp_path, data_dir, "reseed", {**DRILL, "policy": "reseed"})
-    steps = effective_data_sequence(_jsonl(run / "data_sequence.jsonl"))
-    chunk2 = [s for s in steps if s["chunk"] == 2]
-    assert len(chunk2) == 9 and all("row_ids" in s for s in chunk2)
-    ids = [i for s in chunk2 for i in s["row_ids"]]
+    steps = RunDir(run).live_steps()
+    chunk2 = [s for s in steps if s.chunk == 2]
+    assert len(chunk2) == 9 and all(s.row_ids is not None for s in chunk2)
+    ids = [i for s in chunk2 for i in s.row_ids]
     assert len(set(ids)) == 18 and set(ids) < set(range(19)) and ids != sorted(ids)  # distinct rows, new order
     (end,) = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "chunk_end" and e["chunk"] == 2]
     assert set(ids) | set(end["row_ids_not_trained"]) == set(range(19))
@@ -183,7 +185,7 @@ def test_drill_reseed_reshuffles_the_rest_of_the_chunk(data_dir, tmp_path):
 def test_drill_halt_stops_and_reports(data_dir, tmp_path):
     run = _run(tmp_path, data_dir, "halt", {**DRILL, "policy": "halt"})
     (event,) = _jsonl(run / "spikes.jsonl")
-    assert event["action"] == "halt"
+    assert spike_action(event) == SpikeAction("halt", reason="policy halt")
     halts = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "halt"]
     assert halts and halts[0]["step"] == 22 and (run / "spikes" / "spike_001_step_0000022").is_dir()
     assert max(r["step"] for r in _jsonl(run / "metrics.jsonl")) == 22

@@ -8,7 +8,6 @@ from .analysis import (
     analysis_settings,
     analyze,
     detect_with_rollbacks,
-    effective_data_sequence,
     format_table,
     load_curve,
     recorded_spike_settings,
@@ -18,5 +17,5 @@ from .detector import Spike, SpikeDetector, detect
 from .policies import SpikeAction, SpikeMonitor
 
 __all__ = ["Spike", "SpikeAction", "SpikeDetector", "SpikeMonitor", "analysis_settings", "analyze", "detect",
-           "detect_with_rollbacks", "effective_data_sequence", "format_table", "load_curve", "recorded_spike_settings",
+           "detect_with_rollbacks", "format_table", "load_curve", "recorded_spike_settings",
            "spike_title"]

@@ -3,33 +3,21 @@ inside the steps a rollback took back, a table and a plot; and the data sequence
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from k2hf.curves import plot_message, plot_training_curves
 from k2hf.errors import UserError
+from k2hf.formats import JsonlFile, RunDir
 
 from ..config import SpikeSection
-from ..monitoring import DATA_LOG, METRICS, ROLLED_BACK
 from .detector import detect
-
-
-def effective_data_sequence(log: list[dict]) -> list[dict]:
-    """The steps the final model was trained on: each rollback discards the logged steps after its target."""
-    steps: list[dict] = []
-    for entry in log:
-        if entry.get("event") == "rollback":
-            steps = [s for s in steps if s["step"] <= entry["to_step"]]
-        elif "rows" in entry and "event" not in entry:
-            steps.append(entry)
-    return steps
 
 
 def load_curve(path: str | Path) -> list[dict]:
     """Step/loss/grad_norm records from a run dir (its metrics.jsonl), a JSONL file, or a CSV (e.g. W&B export)."""
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS
+        path = RunDir(path).metrics.path
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a pretraining run dir (with metrics.jsonl) or a CSV/JSONL "
                         "curve with step, loss, grad_norm")
@@ -41,7 +29,7 @@ def load_curve(path: str | Path) -> list[dict]:
         return [{"step": int(float(r["step"])), "loss": float(r["loss"]),
                  "grad_norm": float(r["grad_norm"]) if r.get("grad_norm") not in (None, "") else float("nan")}
                 for r in rows]
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return JsonlFile(path).read()
 
 
 def detect_with_rollbacks(records: list[dict], rolled_back: list[dict], config: SpikeSection) -> list[dict]:
@@ -59,17 +47,11 @@ def detect_with_rollbacks(records: list[dict], rolled_back: list[dict], config: 
     return sorted(spikes, key=lambda s: (s["onset_step"], s["rolled_back"]))
 
 
-ANALYSIS_PNG = "spikes_analysis.png"  # beside the source: never over a file the run wrote
-
-
 def recorded_spike_settings(source: str | Path) -> dict | None:
     """The spike settings a run dir recorded at its start (``None`` for a curve file, or a run from before
     runs recorded them)."""
-    log = Path(source) / DATA_LOG
-    if not log.is_file():
-        return None
-    first = log.read_text().split("\n", 1)[0]
-    return json.loads(first).get("spikes") if first.strip() else None
+    start = RunDir(source).start() if Path(source).is_dir() else None
+    return start.spikes if start is not None else None
 
 
 def analysis_settings(source: str | Path, **given) -> SpikeSection:
@@ -92,10 +74,10 @@ def analyze(source: str | Path, config: SpikeSection | None = None,
     if config is None:
         config = analysis_settings(source)
     records = load_curve(source)
-    rolled_back = load_curve(source / ROLLED_BACK) if source.is_dir() and (source / ROLLED_BACK).is_file() else []
+    rolled_back = RunDir(source).rolled_back.read() if source.is_dir() else []
     spikes = detect_with_rollbacks(records, rolled_back, config)
-    if png is None:
-        png = (source if source.is_dir() else source.parent) / ANALYSIS_PNG
+    if png is None:  # beside the source: never over a file the run wrote
+        png = RunDir(source).spikes_analysis_png if source.is_dir() else source.parent / RunDir.SPIKES_ANALYSIS
     if not spikes:  # say so, rather than draw the training curves once more
         detail = (f"detector: window {config.window}, threshold {config.threshold} x MAD-sigma, min delta "
                   f"{config.min_delta}; training curves: training_curves.png")
