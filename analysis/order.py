@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from k2hf.data_format import MANIFEST
 from k2hf.errors import UserError
 from k2hf.formats import RunDir
+from k2hf.formats.prepared_data import MANIFEST
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import ORDER_PRESETS, order_preset
 

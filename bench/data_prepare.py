@@ -64,9 +64,9 @@ def run_k2hf(files: list[str], tokenizer_dir: Path, out: Path, workers: int, seq
     start = time.perf_counter()
     manifest = prepare(config, out, progress=False)
     seconds = time.perf_counter() - start
-    subset = manifest["subsets"][0]
-    return {"method": "k2hf data prepare", "seconds": seconds, "docs": subset["documents_read"],
-            "tokens": subset["tokens"] + subset["tail_tokens_dropped"], "rows": manifest["total_rows"]}
+    subset = manifest.subsets[0]
+    return {"method": "k2hf data prepare", "seconds": seconds, "docs": subset.documents_read,
+            "tokens": subset.tokens + subset.tail_tokens_dropped, "rows": manifest.total_rows}
 
 
 def run_naive(files: list[str], tokenizer_dir: Path, cache: Path, workers: int, seq_len: int) -> dict:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .data_format import is_url
+from .formats.prepared_data import is_url
 
 # what the reader itself reports; callers add their own reasons (``missing_text_field``, ``unknown_role``, ...)
 READ_REASONS = ("unreadable_file", "non_utf8", "malformed_json", "empty_record")

@@ -73,7 +73,7 @@ class DataPosition:
 
     # ---------------------------------------------------------------- plan
     def steps_in_chunk(self, chunk: int) -> int:
-        return self.data.manifest["chunks"][chunk]["rows"] // self.geometry.global_rows
+        return self.data.rows(chunk) // self.geometry.global_rows
 
     def planned_steps(self, max_steps: int | None = None) -> int:
         steps = sum(self.steps_in_chunk(c) for c in self.order)
@@ -95,7 +95,7 @@ class DataPosition:
         chunk, sic = self.order[self.order_pos], self.step_in_chunk
         g = self.geometry
         if sic >= self.steps_in_chunk(chunk):
-            used, rows = sic * g.global_rows, self.data.manifest["chunks"][chunk]["rows"]
+            used, rows = sic * g.global_rows, self.data.rows(chunk)
             if used < rows:
                 self.skipped_rows.setdefault(str(chunk), []).append([used, rows])
             ids = self.row_order(chunk)[used:rows].tolist() if str(chunk) in self.reseeds else None
@@ -123,7 +123,7 @@ class DataPosition:
         """Row order inside a chunk (cached for the chunk being consumed)."""
         key = (chunk, tuple(self.reseeds.get(str(chunk), ())))
         if self._cached is None or self._cached[0] != key:
-            self._cached = key, row_order(self.data.manifest["chunks"][chunk]["rows"], self.geometry.global_rows,
+            self._cached = key, row_order(self.data.rows(chunk), self.geometry.global_rows,
                                           self.reseeds.get(str(chunk)))
         return self._cached[1]
 

@@ -25,7 +25,6 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, TorchDynam
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from k2hf.data_format import MANIFEST
 from k2hf.formats import (
     DataChanged,
     Halt,
@@ -37,6 +36,7 @@ from k2hf.formats import (
     step_checkpoint_name,
 )
 from k2hf.formats import SpikeAction as RecordedAction
+from k2hf.formats.prepared_data import MANIFEST
 from k2hf.modeling import K2Config, K2ForCausalLM
 from k2hf.tokenizer import padded_vocab_rows
 
@@ -95,7 +95,7 @@ class Pretrainer:
         self.tokenizer = self.data.tokenizer()
         self.total_steps = self.position.planned_steps(config.max_steps)
         if self.total_steps == 0:
-            rows = sorted({self.data.manifest["chunks"][c]["rows"] for c in self.position.order})
+            rows = sorted({self.data.rows(c) for c in self.position.order})
             raise TrainConfigError(
                 f"this run has 0 planned steps: a step takes {self.geometry.global_rows} rows and the chunks hold "
                 f"{rows[0]}..{rows[-1]} rows: lower global_batch_tokens, or prepare more data"
@@ -115,7 +115,7 @@ class Pretrainer:
 
     def build_model(self) -> K2ForCausalLM:
         config = self.config
-        vocab = self.data.manifest["tokenizer"]["vocab"]
+        vocab = self.data.manifest.vocab
         if config.model.init_from:
             source = config.resolve(config.model.init_from)
             model_config = K2Config.from_pretrained(source)
@@ -218,7 +218,7 @@ class Pretrainer:
             self.monitor.prime(self.logs.metrics_upto(self.progress.global_step))
         drill = self.config.spikes.drill_poison_chunk
         if drill is not None and self.progress.rollbacks == 0:  # the drill's fault lasts until the first rollback
-            self.position.fault = poisoned_chunk(drill, self.data.manifest["tokenizer"]["vocab"], self.config.seed)
+            self.position.fault = poisoned_chunk(drill, self.data.manifest.vocab, self.config.seed)
         self.accelerator.init_trackers(self.config.log.project, config=_flat_config(self.config.to_dict()))
 
     def _check_same_data(self, checkpoint: Path, state: TrainerState) -> None:

@@ -1,5 +1,6 @@
 """Pretraining data: exact tokens, evenness, repeats, FIM, determinism, bad input, O(1) reads, verify, resume."""
 
+import dataclasses
 import json
 import os
 import tracemalloc
@@ -91,8 +92,8 @@ def _all_pieces(data):
 def _source_texts(manifest, texts):
     """subset index -> source index -> list of document texts (record order)."""
     out = {}
-    for s_index, subset in enumerate(manifest["subsets"]):
-        name = subset["name"]
+    for s_index, subset in enumerate(manifest.subsets):
+        name = subset.name
         if name == "web":
             out[s_index] = {0: texts["web"][:30], 1: texts["web"][30:]}
         elif name == "notes":
@@ -120,20 +121,20 @@ def test_rows_are_exact_k2_tokenization_no_bos_one_eos(prepared, corpus, tiny_to
         checked += 1
     assert checked > 100
     assert data.seq_len == 32
-    for info in manifest["chunks"]:
-        size = (data.path / info["file"]).stat().st_size
-        assert size == info["rows"] * 32 * data.dtype.itemsize
+    for info in manifest.chunks:
+        size = (data.path / info.file).stat().st_size
+        assert size == info.rows * 32 * data.dtype.itemsize
 
 
 def test_every_subset_spread_evenly_over_chunks(prepared):
     _, manifest = prepared
-    chunks = manifest["chunks"]
-    for subset in manifest["subsets"]:
-        counts = [c["subset_rows"][subset["name"]] for c in chunks]
-        assert sum(counts) == subset["rows"]
-        assert max(counts) - min(counts) <= 1, (subset["name"], counts)
-    totals = [c["rows"] for c in chunks]
-    assert max(totals) - min(totals) <= 1 and sum(totals) == manifest["total_rows"]
+    chunks = manifest.chunks
+    for subset in manifest.subsets:
+        counts = [c.subset_rows[subset.name] for c in chunks]
+        assert sum(counts) == subset.rows
+        assert max(counts) - min(counts) <= 1, (subset.name, counts)
+    totals = [c.rows for c in chunks]
+    assert max(totals) - min(totals) <= 1 and sum(totals) == manifest.total_rows
 
 
 def test_repeat_factors_integer_and_fractional(prepared):
@@ -141,15 +142,15 @@ def test_repeat_factors_integer_and_fractional(prepared):
     copies = defaultdict(Counter)  # subset -> (source, record) -> number of instances seen starting
     for _, _, _, p in _all_pieces(data):
         if p["offset"] == 0:
-            copies[manifest["subsets"][p["subset"]]["name"]][(int(p["source"]), int(p["record"]))] += 1
+            copies[manifest.subsets[p["subset"]].name][(int(p["source"]), int(p["record"]))] += 1
     assert set(copies["wiki"].values()) == {3}  # x3: every document three times (tail aside)
     assert len(copies["wiki"]) == 25
     code = Counter(copies["code"].values())
     assert set(code) <= {1, 2} and code[2] > 5 and code[1] > 5  # x1.5: all once, a deterministic part twice
-    notes = manifest["subsets"][3]
-    assert notes["documents_packed"] + sum(notes["documents_skipped"].values()) == 3
-    assert 1 <= notes["documents_skipped"]["not_sampled"] <= 2  # x0.5 of 3 one-file documents
-    assert notes["documents_packed"] == len(copies["notes"])
+    notes = manifest.subsets[3]
+    assert notes.documents_packed + sum(notes.documents_skipped.values()) == 3
+    assert 1 <= notes.documents_skipped["not_sampled"] <= 2  # x0.5 of 3 one-file documents
+    assert notes.documents_packed == len(copies["notes"])
 
 
 def test_fim_rows_are_well_formed(prepared, corpus, tiny_tokenizer):
@@ -183,8 +184,8 @@ def test_fim_rows_are_well_formed(prepared, corpus, tiny_tokenizer):
         decoded = "".join(tiny_tokenizer.decode(x) for x in (p_ids, m_ids, s_ids))
         assert decoded.replace(" ", "") == texts["code"][record].replace(" ", "")
     assert modes[PSM] > 3 and modes[SPM] > 3
-    code = manifest["subsets"][2]
-    assert 0.3 < code["fim_instances"] / code["instances_packed"] < 0.7  # rate 0.5
+    code = manifest.subsets[2]
+    assert 0.3 < code.fim_instances / code.instances_packed < 0.7  # rate 0.5
 
 
 def test_same_config_and_seed_give_byte_identical_output(corpus, prepared, tmp_path):
@@ -208,16 +209,16 @@ def test_sentencepiece_engine_gives_identical_chunks(corpus, prepared, tiny_toke
     save_tokenizer(tiny_tokenizer, tmp_path / "tokenizer")
     sp_manifest = prepare(_config(root, tokenizer=str(tmp_path / "tokenizer")), tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.model").is_file()  # carried on to training and checkpoints
-    assert [c["sha256"] for c in sp_manifest["chunks"]] == [c["sha256"] for c in manifest["chunks"]]
-    assert sp_manifest["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
+    assert [c.sha256 for c in sp_manifest.chunks] == [c.sha256 for c in manifest.chunks]
+    assert sp_manifest.tokenizer.sha256 == manifest.tokenizer.sha256
 
 
 def test_other_seed_changes_order_not_content(corpus, prepared, tmp_path):
     root, _ = corpus
     data, manifest = prepared
     other = prepare(_config(root, seed=8), tmp_path, progress=False)
-    packed = [s["documents_packed"] for s in manifest["subsets"]]
-    assert [s["documents_packed"] for s in other["subsets"]][:2] == packed[:2]
+    packed = [s.documents_packed for s in manifest.subsets]
+    assert [s.documents_packed for s in other.subsets][:2] == packed[:2]
     assert (tmp_path / "chunks/chunk_00000.bin").read_bytes() != (data.path / "chunks/chunk_00000.bin").read_bytes()
 
 
@@ -253,13 +254,13 @@ def test_bad_input_skipped_counted_and_reconciled(corpus, tmp_path):
     config = _config(root, on_error="skip", subsets=[{"name": "bad", "paths": [str(bad / "*.jsonl")]}], seq_len=4,
                      num_chunks=1)
     manifest = prepare(config, tmp_path / "out", progress=False)
-    subset = manifest["subsets"][0]
-    skipped = subset["documents_skipped"]
+    subset = manifest.subsets[0]
+    skipped = subset.documents_skipped
     assert skipped.get("malformed_json") == 1 and skipped.get("non_utf8") == 1
     assert skipped.get("missing_text_field") == 2 and skipped.get("empty_document") == 1
     assert skipped.get("unreadable_file") == 1
-    assert subset["documents_read"] == 8  # 7 lines + 1 unreadable file
-    assert subset["documents_packed"] + sum(skipped.values()) == subset["documents_read"]
+    assert subset.documents_read == 8  # 7 lines + 1 unreadable file
+    assert subset.documents_packed + sum(skipped.values()) == subset.documents_read
     assert PreparedData(tmp_path / "out").verify() == []
 
 
@@ -286,7 +287,7 @@ def test_row_reads_are_constant_time_memory_mapped(prepared):
     chunk = data.chunk(3)
     assert isinstance(chunk.tokens, np.memmap)
     i = len(chunk) - 1
-    with open(data.path / data.manifest["chunks"][3]["file"], "rb") as f:
+    with open(data.path / data.manifest.chunks[3].file, "rb") as f:
         f.seek(i * data.seq_len * data.dtype.itemsize)
         raw = np.frombuffer(f.read(data.seq_len * data.dtype.itemsize), dtype=data.dtype)
     tracemalloc.start()
@@ -344,8 +345,8 @@ def test_hub_streaming_path_matches_local_files(corpus, tmp_path):
     hub = prepare(_config(root, subsets=[{"name": "wiki", "text_field": "body",
                                          "hub": {"path": "json", "data_files": str(root / "wiki.jsonl")}}]),
                   tmp_path / "hub", progress=False)
-    assert [c["sha256"] for c in local["chunks"]] == [c["sha256"] for c in hub["chunks"]]
-    assert hub["subsets"][0]["sources"] == ["hub:json"]
+    assert [c.sha256 for c in local.chunks] == [c.sha256 for c in hub.chunks]
+    assert hub.subsets[0].sources == ["hub:json"]
 
 
 def test_interrupted_run_keeps_finished_shards(corpus, prepared, tmp_path):
@@ -369,8 +370,8 @@ def test_interrupted_run_keeps_finished_shards(corpus, prepared, tmp_path):
     prepare(_config(root), tmp_path, keep_work=True, progress=False)
     after = {p.name: (p / "meta.json").stat().st_mtime_ns for p in shards if p.name in before}
     assert after == before and (shards[3] / "meta.json").is_file()
-    for info in data.manifest["chunks"]:
-        assert (tmp_path / info["file"]).read_bytes() == (data.path / info["file"]).read_bytes()
+    for info in data.manifest.chunks:
+        assert (tmp_path / info.file).read_bytes() == (data.path / info.file).read_bytes()
 
 
 def test_reprepare_leaves_nothing_unlisted_and_verify_finds_strays(tmp_path):
@@ -399,10 +400,10 @@ def test_manifest_counts_equal_what_the_chunks_hold(tmp_path, seed):
     data = PreparedData(out)
     pieces = np.concatenate([np.asarray(data.chunk(c).pieces) for c in range(data.num_chunks)])
     starts = pieces[pieces["offset"] == 0]
-    for index, subset in enumerate(manifest["subsets"]):
+    for index, subset in enumerate(manifest.subsets):
         mine = starts[starts["subset"] == index]
-        assert subset["instances_packed"] == len(mine), subset["name"]
-        assert subset["fim_instances"] == int((mine["fim"] != 0).sum()), subset["name"]
+        assert subset.instances_packed == len(mine), subset.name
+        assert subset.fim_instances == int((mine["fim"] != 0).sum()), subset.name
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -518,13 +519,12 @@ def test_sources_by_fsspec_url_give_the_same_rows(corpus, prepared, tmp_path):
     subsets = [{**s, "paths": [f"memory://k2hf-corpus/{p}" if s["name"] != "wiki" else f"file://{root / p}"
                                for p in s["paths"]]} for s in local["subsets"]]
     manifest = prepare(data_config_from_dict({**local, "subsets": subsets}), tmp_path / "url", progress=False)
-    assert manifest["subsets"][0]["sources"] == ["memory:///k2hf-corpus/web/part0.jsonl",
+    assert manifest.subsets[0].sources == ["memory:///k2hf-corpus/web/part0.jsonl",
                                                  "memory:///k2hf-corpus/web/part1.jsonl"]
-    for ours, reference in zip(manifest["chunks"], data.manifest["chunks"]):
-        assert (ours["sha256"], ours["pieces_sha256"]) == (reference["sha256"], reference["pieces_sha256"])
-    for ours, reference in zip(manifest["subsets"], data.manifest["subsets"]):
-        assert {k: v for k, v in ours.items() if k != "sources"} == \
-            {k: v for k, v in reference.items() if k != "sources"}
+    for ours, reference in zip(manifest.chunks, data.manifest.chunks):
+        assert (ours.sha256, ours.pieces_sha256) == (reference.sha256, reference.pieces_sha256)
+    for ours, reference in zip(manifest.subsets, data.manifest.subsets):
+        assert dataclasses.replace(ours, sources=[]) == dataclasses.replace(reference, sources=[])
 
 
 @pytest.mark.parametrize("scheme", ["file", "memory"])

@@ -127,3 +127,18 @@ def test_a_read_only_run_dir_never_writes(tmp_path):
     reader.metrics.truncate_after(3)
     reader.append(TrainStep(99, 0, 0, (0, 2)))
     assert reader.metrics.path.read_text() == before and len(reader.events()) == 46
+
+
+def test_legacy_manifest_reads_typed_and_writes_back_byte_for_byte(tmp_path):
+    from k2hf.formats.prepared_data import Manifest
+
+    legacy = REPO_ROOT / "tests" / "fixtures" / "data_v1"
+    manifest = Manifest.read(legacy)
+    assert (manifest.num_chunks, manifest.seq_len, manifest.total_rows, manifest.vocab) == (4, 64, 76, 428)
+    assert [c.rows for c in manifest.chunks] == [19, 19, 19, 19] and manifest.chunks[0].subset_rows["wiki"] == 12
+    assert [s.name for s in manifest.subsets] == ["web", "wiki", "code"] and not manifest.is_k2_release
+    assert manifest.to_json() == (legacy / "manifest.json").read_text()  # the same bytes: the same data identity
+    manifest.write(tmp_path)
+    assert (tmp_path / "manifest.json").read_bytes() == (legacy / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match=r"ChunkEntry: unknown fields \['shards'\]"):
+        Manifest.from_dict({**manifest.to_dict(), "chunks": [{**manifest.to_dict()["chunks"][0], "shards": 2}]})

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_ROOT, train_tiny_run
 from hub_server import HubServer
 from k2hf import cli
-from k2hf.data_format import sha256_file
+from k2hf.formats.prepared_data import sha256_file
 from k2hf.pretrain.data.import_k2 import ReleaseImportError, import_k2
 from k2hf.pretrain.data.reader import PreparedData
 
@@ -61,13 +61,13 @@ def test_ids_row_order_and_provenance_are_kept(release, imported):
                 r["subset_name"], r["src_filename"], r["line_idx_in_src"], [0, SEQ])
             assert piece["fim"] is None and piece["document_tokens"] is None  # not recorded by the release
     m = data.manifest
-    assert m["kind"] == "k2_release" and m["num_chunks"] == 360 and m["chunks_imported"] == [0, 1, 5]
-    assert (m["rows_read"], m["rows_imported"], m["rows_skipped"]) == (18, 18, {})
-    assert sum(s["rows"] for s in m["subsets"]) == 18 and m["chunks"][2] == {
-        "index": 2, "file": None, "pieces_file": None, "rows": 0, "tokens": 0}
+    assert m.kind == "k2_release" and m.num_chunks == 360 and m.chunks_imported == [0, 1, 5]
+    assert (m.rows_read, m.rows_imported, m.rows_skipped) == (18, 18, {})
+    assert sum(s.rows for s in m.subsets) == 18 and m.to_dict()["chunks"][2] == {
+        "index": 2, "file": None, "pieces_file": None, "tokens": 0, "rows": 0}
     for c in (0, 1, 5):
-        assert m["chunks"][c]["sha256"] == sha256_file(imported / m["chunks"][c]["file"])
-        assert sum(m["chunks"][c]["subset_rows"].values()) == 6
+        assert m.chunks[c].sha256 == sha256_file(imported / m.chunks[c].file)
+        assert sum(m.chunks[c].subset_rows.values()) == 6
     assert data.verify() == []
 
 
@@ -122,7 +122,7 @@ def test_malformed_rows_stop_naming_file_and_line_or_are_counted(release, tmp_pa
         import_k2(str(folder), tmp_path / "fail", tokenizer="sample", chunks=[0], seq_len=SEQ, progress=False)
     m = import_k2(str(folder), tmp_path / "skip", tokenizer="sample", chunks=[0], seq_len=SEQ, on_error="skip",
                   progress=False)
-    assert (m["rows_read"], m["rows_imported"], m["rows_skipped"]) == (7, 6, {reason: 1})
+    assert (m.rows_read, m.rows_imported, m.rows_skipped) == (7, 6, {reason: 1})
     assert np.array_equal(np.asarray(PreparedData(tmp_path / "skip").chunk(0).tokens),
                           np.array([json.loads(g)["token_ids"] for g in good]))
     assert PreparedData(tmp_path / "skip").verify() == []
@@ -167,5 +167,5 @@ def test_hub_dataset_streams_through_the_real_client(release, imported, tmp_path
         assert any(r.startswith("GET /datasets/LLM360/K2Datasets/resolve/main/chunk_5.jsonl") for r in hub.requests)
     local, hub_data = PreparedData(imported), PreparedData(tmp_path / "hub")
     for c in (0, 1, 5):
-        assert hub_data.manifest["chunks"][c]["sha256"] == local.manifest["chunks"][c]["sha256"]
-        assert hub_data.manifest["chunks"][c]["pieces_sha256"] == local.manifest["chunks"][c]["pieces_sha256"]
+        assert hub_data.manifest.chunks[c].sha256 == local.manifest.chunks[c].sha256
+        assert hub_data.manifest.chunks[c].pieces_sha256 == local.manifest.chunks[c].pieces_sha256

@@ -100,9 +100,9 @@ def test_k2_release_rows_equal_the_reference(tokenizer, tmp_path):
     got = np.asarray(data.chunk(0).tokens).tolist()
     assert len(got) == len(expected) > 100
     assert sorted(got) == sorted(expected)  # the chunk is shuffled; every row is there exactly once
-    (subset,) = manifest["subsets"]
-    assert subset["tail_tokens_dropped"] == dropped  # each file's remainder, not the subset's
-    assert subset["documents_read"] == 60 == subset["documents_packed"] + sum(subset["documents_skipped"].values())
+    (subset,) = manifest.subsets
+    assert subset.tail_tokens_dropped == dropped  # each file's remainder, not the subset's
+    assert subset.documents_read == 60 == subset.documents_packed + sum(subset.documents_skipped.values())
     assert data.verify() == []
     # provenance: a piece that starts a document and ends before the row does ends with the `</s>` id
     for row in range(0, len(got), 7):

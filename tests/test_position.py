@@ -87,7 +87,7 @@ def test_the_drill_fault_poisons_one_chunk(data):
     position = DataPosition(data, GEOMETRY)
     rows = np.array([2, 3])
     clean = {c: position.tokens(c, rows) for c in (1, 2)}
-    vocab = data.manifest["tokenizer"]["vocab"]
+    vocab = data.manifest.tokenizer.vocab
     position.fault = poisoned_chunk(2, vocab, seed=42)
     poisoned = position.tokens(2, rows)
     assert np.array_equal(position.tokens(1, rows), clean[1])

@@ -116,12 +116,12 @@ def test_data_sequence_log_maps_every_step_to_rows(reference_runs, sample_data):
     assert [r["step"] for r in steps] == list(range(1, 9))
     expected = []
     for chunk in data.chunk_order:
-        rows = data.manifest["chunks"][chunk]["rows"]
+        rows = data.rows(chunk)
         expected += [(chunk, [i * 8, i * 8 + 8]) for i in range(rows // 8)]
     assert [(r["chunk"], r["rows"]) for r in steps] == expected
     ends = [r for r in log if r.get("event") == "chunk_end"]
     assert [e["chunk"] for e in ends] == data.chunk_order
-    assert all(e["rows_not_trained"] == [16, data.manifest["chunks"][e["chunk"]]["rows"]] for e in ends)
+    assert all(e["rows_not_trained"] == [16, data.rows(e["chunk"])] for e in ends)
     state = json.loads((reference_runs["zero2"] / "checkpoints" / "ckpt_002" / TRAINER_STATE).read_text())
     assert state["global_step"] == 4 and state["order_pos"] == 2 and state["step_in_chunk"] == 0
 

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from k2hf.data_format import is_url
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
+from k2hf.formats.prepared_data import is_url
+from k2hf.recipes import build_section, check_field_types, load_yaml_recipe, recipe_path
 from k2hf.records import EXTENSION_FORMATS
 from k2hf.release import ORDER_PRESETS, order_preset
 
@@ -191,8 +191,7 @@ def resolve_files(subset: SubsetConfig, base_dir: str) -> list[str]:
         if is_url(pattern):
             files.extend(_resolve_url(subset, pattern))
             continue
-        full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
-        matched = sorted(glob.glob(full, recursive=True))
+        matched = sorted(glob.glob(recipe_path(pattern, base_dir), recursive=True))
         if not matched:
             raise DataConfigError(f"subset {subset.name!r}: {pattern!r} matches no file (looked in {base_dir})")
         # directories are not documents; anything else (even a broken link) is read and reported if unreadable

@@ -8,7 +8,6 @@ record.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shlex
 import sys
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from k2hf.errors import UserError
 
 from .pipeline import STAGES, PrepareRun
-from .shards import shard_is_done
+from .shards import Shard, shard_is_done
 
 EXECUTORS = ("local", "slurm", "ray")
 # fork where there is one (Linux), as a process pool does: forkserver/spawn re-import the caller's __main__, which
@@ -127,7 +126,7 @@ class StageProgress:
             for item in finished:
                 pending.remove(item)
                 if self.stage == "tokenize":
-                    meta = json.loads((Path(item.out_dir) / "meta.json").read_text())
+                    meta = Shard(item.out_dir).meta
                     docs, tokens = docs + meta["records_read"], tokens + meta["tokens"]
             if finished:
                 elapsed = max(time.perf_counter() - start, 1e-9)

@@ -13,7 +13,6 @@ that every malformed line can be named by file and line, which a JSON dataset bu
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -25,16 +24,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from k2hf.checkpoints import looks_local
-from k2hf.data_format import (
+from k2hf.errors import UserError
+from k2hf.formats.prepared_data import (
     FORMAT_VERSION,
-    MANIFEST,
     PIECE_DTYPE,
+    ChunkEntry,
+    Manifest,
+    SubsetReport,
+    TokenizerEntry,
     chunk_file,
     pieces_file,
     remove_unlisted,
     sha256_file,
 )
-from k2hf.errors import UserError
 from k2hf.records import READ_REASONS, Rejection, read_records
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
@@ -141,7 +143,7 @@ def import_k2(
     dtype = np.dtype(np.uint16) if vocab <= 1 << 16 else np.dtype(np.uint32)
     provenance = _Provenance()
     stats: dict[int, _ChunkStats] = {}
-    entries: dict[int, dict] = {}
+    entries: dict[int, ChunkEntry] = {}
     with tqdm(desc="import K2 rows", unit="row", unit_scale=True, disable=not progress) as bar:
         for chunk in chunks:
             bar.set_postfix(chunk=chunk)
@@ -149,9 +151,8 @@ def import_k2(
             entries[chunk] = _import_chunk(src, revision, chunk, out, seq_len, vocab, dtype, on_error == "fail",
                                            provenance, stats[chunk], bar)
     manifest = _manifest(src, revision, out, chunks, num_chunks, seq_len, dtype, provenance, stats, entries)
-    manifest["tokenizer"] = {"sha256": sha256_file(out / "tokenizer" / "tokenizer.json"), "vocab": vocab,
-                             "path": "tokenizer"}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    manifest.tokenizer = TokenizerEntry(sha256_file(out / "tokenizer" / "tokenizer.json"), vocab, "tokenizer")
+    manifest.write(out)
     remove_unlisted(out, manifest)  # e.g. chunks of an earlier import into the same folder
     return manifest
 
@@ -193,9 +194,9 @@ def _import_chunk(src: str, revision: str | None, chunk: int, out: Path, seq_len
         pieces.write(block[:filled].tobytes())
     _npy_from_raw(pieces_tmp, piece_path, PIECE_DTYPE, stats.rows_imported)
     os.replace(token_path.with_suffix(".tmp"), token_path)
-    return {"index": chunk, "file": chunk_file(chunk), "pieces_file": pieces_file(chunk), "source_file": name,
-            "rows": stats.rows_imported, "tokens": stats.rows_imported * seq_len,
-            "sha256": sha256_file(token_path), "pieces_sha256": sha256_file(piece_path)}
+    return ChunkEntry(chunk, chunk_file(chunk), pieces_file(chunk), rows=stats.rows_imported,
+                      tokens=stats.rows_imported * seq_len, source_file=name, sha256=sha256_file(token_path),
+                      pieces_sha256=sha256_file(piece_path))
 
 
 def _npy_from_raw(raw: Path, out: Path, dtype: np.dtype, count: int, block: int = 1 << 16) -> None:
@@ -230,43 +231,43 @@ def _token_row(row: dict, seq_len: int, vocab: int) -> dict:
 
 def _manifest(src: str, revision: str | None, out: Path, chunks: list[int], num_chunks: int, seq_len: int,
               dtype: np.dtype, provenance: _Provenance, stats: dict[int, _ChunkStats],
-              entries: dict[int, dict]) -> dict:
+              entries: dict[int, ChunkEntry]) -> Manifest:
     subset_names = sorted(provenance.subsets, key=provenance.subsets.get)
     table = []
     for index in range(num_chunks):
         if index in entries:
             table.append(entries[index])
         else:  # not imported: no file, no rows (training order skips it)
-            table.append({"index": index, "file": None, "pieces_file": None, "rows": 0, "tokens": 0})
+            table.append(ChunkEntry(index, None, None, rows=0, tokens=0))
     for index in chunks:
         path = out / pieces_file(index)
         subsets = np.load(path, mmap_mode="r")["subset"]
         counts = np.bincount(subsets, minlength=len(subset_names)) if len(subsets) else np.zeros(len(subset_names))
-        table[index]["subset_rows"] = {name: int(counts[i]) for i, name in enumerate(subset_names)}
+        table[index].subset_rows = {name: int(counts[i]) for i, name in enumerate(subset_names)}
     skipped = Counter()
     for s in stats.values():
         skipped.update(s.skipped)
     imported = set(chunks)
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": KIND,
-        "config": {"source": src, "revision": revision, "chunks": chunks, "seq_len": seq_len},
-        "seq_len": seq_len,
-        "dtype": dtype.name,
-        "num_chunks": num_chunks,
-        "chunks_imported": chunks,
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        kind=KIND,
+        config={"source": src, "revision": revision, "chunks": chunks, "seq_len": seq_len},
+        seq_len=seq_len,
+        dtype=dtype.name,
+        num_chunks=num_chunks,
+        chunks_imported=chunks,
         # K2's real order, restricted to what was imported: ckpt_N of a run on this data is the N-th of these
-        "chunk_order": [c for c in (k2_chunk_order() if num_chunks == K2_STAGE1_CHUNKS else range(num_chunks))
-                        if c in imported],
-        "total_rows": sum(s.rows_imported for s in stats.values()),
-        "rows_read": sum(s.rows_read for s in stats.values()),
-        "rows_imported": sum(s.rows_imported for s in stats.values()),
-        "rows_skipped": dict(skipped),
-        "skip_examples": [e for s in stats.values() for e in s.examples][:10],
-        "subsets": [{"name": name, "sources": [*provenance.sources[i]], "rows": provenance.rows[i]}
-                    for i, name in enumerate(subset_names)],
-        "chunks": table,
-    }
+        chunk_order=[c for c in (k2_chunk_order() if num_chunks == K2_STAGE1_CHUNKS else range(num_chunks))
+                     if c in imported],
+        total_rows=sum(s.rows_imported for s in stats.values()),
+        rows_read=sum(s.rows_read for s in stats.values()),
+        rows_imported=sum(s.rows_imported for s in stats.values()),
+        rows_skipped=dict(skipped),
+        skip_examples=[e for s in stats.values() for e in s.examples][:10],
+        subsets=[SubsetReport(name, [*provenance.sources[i]], rows=provenance.rows[i])
+                 for i, name in enumerate(subset_names)],
+        chunks=table,
+    )
 
 
 __all__ = ["KIND", "SKIP_REASONS", "ReleaseImportError", "check_release", "import_k2", "open_release"]

@@ -40,10 +40,14 @@ from pathlib import Path
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from k2hf.data_format import (
+from k2hf.formats.prepared_data import (
     FORMAT_VERSION,
     MANIFEST,
     PIECE_DTYPE,
+    ChunkEntry,
+    Manifest,
+    SubsetReport,
+    TokenizerEntry,
     chunk_file,
     chunk_order_permutation,
     is_url,
@@ -55,7 +59,7 @@ from k2hf.data_format import (
 )
 
 from .config import DataConfig, DataConfigError
-from .shards import ShardJob, build_shard, load_shard, shard_is_done
+from .shards import Shard, ShardJob, build_shard, shard_is_done
 
 logger = logging.getLogger(__name__)
 
@@ -123,17 +127,6 @@ class PlanStep(_PrepareStep):
         yield from ()
 
 
-def _instances(job: ShardJob, repeat_pass: int) -> tuple[np.ndarray, np.ndarray]:
-    """The shard's document instances of one repeat pass in packing order, and where each one's tokens end within
-    the pass (both memory-mapped: a lookup reads only the pages it needs)."""
-    meta = json.loads((Path(job.out_dir) / "meta.json").read_text())
-    lo = sum(p["instances"] for p in meta["passes"][:repeat_pass])
-    hi = lo + meta["passes"][repeat_pass]["instances"]
-    table = np.load(Path(job.out_dir) / "instances.npy", mmap_mode="r")
-    ends = np.load(Path(job.out_dir) / "ends.npy", mmap_mode="r")
-    return table[lo:hi], ends[lo:hi]
-
-
 def make_plan(run: PrepareRun) -> dict:
     """Per subset: its token streams (one, or one per file and pass for ``k2_release``), rows, chunk offset and
     report. Reads the shards' counts, and of the instance tables only the stretch a dropped partial row falls in."""
@@ -151,7 +144,7 @@ def make_plan(run: PrepareRun) -> dict:
             stream_plans.append(_plan_stream(stream, seq_len, counts["rows"], counts))
         offset = dealt % n
         dealt += counts["rows"]
-        stats = [json.loads((Path(job.out_dir) / "meta.json").read_text()) for _, job in mine]
+        stats = [Shard(job.out_dir).meta for _, job in mine]
         subsets.append({
             "offset": offset,
             "rows": counts["rows"],
@@ -170,7 +163,7 @@ def _plan_stream(stream: list[tuple[int, int, ShardJob]], seq_len: int, row_star
     """One token stream: its segments (a shard's instances of one pass), rows, and the dropped partial row."""
     segments, total = [], 0
     for repeat_pass, j, job in stream:  # counts only: the shards' meta.json
-        this = json.loads((Path(job.out_dir) / "meta.json").read_text())["passes"][repeat_pass]
+        this = Shard(job.out_dir).meta["passes"][repeat_pass]
         segments.append({"job": j, "pass": repeat_pass, "token_start": total, "tokens": this["tokens"]})
         counts["instances"] += this["instances"]
         counts["fim"] += this["fim"]
@@ -181,7 +174,8 @@ def _plan_stream(stream: list[tuple[int, int, ShardJob]], seq_len: int, row_star
     for segment, (repeat_pass, _, job) in zip(segments, stream):
         if segment["token_start"] + segment["tokens"] <= cut:
             continue
-        table, ends = _instances(job, repeat_pass)  # instances starting in the dropped partial row: dropped whole
+        # instances starting in the dropped partial row are dropped whole
+        table, ends = Shard(job.out_dir).pass_instances(repeat_pass)
         starts = segment["token_start"] + np.asarray(ends) - table["length"]
         dropped = starts >= cut
         counts["tail_instances"] += int(dropped.sum())
@@ -334,9 +328,10 @@ class _ChunkAssembler:
         key = (segment["job"], segment["pass"])
         if key not in self._segments:
             job = self.run.jobs[segment["job"]]
-            table, ends = _instances(job, segment["pass"])
+            shard = Shard(job.out_dir)
+            table, ends = shard.pass_instances(segment["pass"])
             table = np.asarray(table)
-            self._segments[key] = (np.asarray(load_shard(job.out_dir)[0]), np.asarray(ends), table["length"],
+            self._segments[key] = (np.asarray(shard.tokens()), np.asarray(ends), table["length"],
                                    table["start"], table["record"], table["fim"])
             if len(self._segments) > 4:
                 self._segments.popitem(last=False)
@@ -355,35 +350,34 @@ class ManifestStep(_PrepareStep):
         yield from ()
 
 
-def write_manifest(run: PrepareRun) -> dict:
+def write_manifest(run: PrepareRun) -> Manifest:
     """Gather the plan and every chunk's result into ``manifest.json``; remove files it does not list."""
     config, stage = run.config, Path(run.stage)
     plan = json.loads(run.plan_path.read_text())
     results = [json.loads(run.written_path(c).read_text()) for c in range(config.num_chunks)]
     chunks = [
-        {"index": c, "file": chunk_file(c), "pieces_file": pieces_file(c), "tokens": r["rows"] * config.seq_len,
-         "subset_rows": r["subset_rows"], "rows": r["rows"], "sha256": r["sha256"],
-         "pieces_sha256": r["pieces_sha256"]}
+        ChunkEntry(c, chunk_file(c), pieces_file(c), tokens=r["rows"] * config.seq_len, subset_rows=r["subset_rows"],
+                   rows=r["rows"], sha256=r["sha256"], pieces_sha256=r["pieces_sha256"])
         for c, r in enumerate(results)
     ]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "config": config.data_dict(),  # how it ran is left out: the same bytes whatever the executor
-        "seq_len": config.seq_len,
-        "dtype": run.dtype,
-        "num_chunks": config.num_chunks,
-        "chunk_order": config.resolved_order(),
-        "total_rows": int(sum(c["rows"] for c in chunks)),
-        "subsets": [s["report"] for s in plan["subsets"]],
-        "chunks": chunks,
-        "tokenizer": run.tokenizer,
-    }
-    if manifest["total_rows"] == 0:
-        tokens = ", ".join(f"{s['name']} {s['tail_tokens_dropped']} tokens from {s['documents_read']} documents"
-                           for s in manifest["subsets"])
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        config=config.data_dict(),  # how it ran is left out: the same bytes whatever the executor
+        seq_len=config.seq_len,
+        dtype=run.dtype,
+        num_chunks=config.num_chunks,
+        chunk_order=config.resolved_order(),
+        total_rows=int(sum(c.rows for c in chunks)),
+        subsets=[SubsetReport(**s["report"]) for s in plan["subsets"]],
+        chunks=chunks,
+        tokenizer=TokenizerEntry(**run.tokenizer),
+    )
+    if manifest.total_rows == 0:
+        tokens = ", ".join(f"{s.name} {s.tail_tokens_dropped} tokens from {s.documents_read} documents"
+                           for s in manifest.subsets)
         raise DataConfigError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
                               "lower seq_len")
-    _write_json_atomic(stage / MANIFEST, manifest)
+    manifest.write(stage)
     publish(stage, run.out, MANIFEST)  # last: the chunks it lists are in place
     stale = remove_unlisted_remote(run.out, manifest) if is_url(run.out) else remove_unlisted(stage, manifest)
     if stale:

@@ -15,7 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from k2hf.data_format import FORMAT_VERSION, MANIFEST, is_url, publish, sha256_file, token_dtype
+from k2hf.formats.prepared_data import FORMAT_VERSION, MANIFEST, Manifest, is_url, publish, sha256_file, token_dtype
+from k2hf.recipes import recipe_path
 from k2hf.tokenizer import save_tokenizer, sentencepiece_model_of
 
 from .config import DataConfig, resolve_files
@@ -46,7 +47,7 @@ def load_tokenizer(spec: str, base_dir: str, work_dir: Path):
         from k2hf.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer(work_dir / "sample-tokenizer")
-    path = Path(spec) if os.path.isabs(spec) else Path(base_dir) / spec
+    path = Path(recipe_path(spec, base_dir))
     if (path / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(path)
     if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "~")):
@@ -57,7 +58,7 @@ def load_tokenizer(spec: str, base_dir: str, work_dir: Path):
 def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False, progress: bool = True, *,
             executor: str = "local", tasks: int | None = None, workers: int | None = None,
             slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False,
-            work_dir: str | os.PathLike | None = None) -> dict | None:
+            work_dir: str | os.PathLike | None = None) -> Manifest | None:
     """Prepare ``config`` into ``out``; returns the manifest (``None`` where the work was only submitted: Slurm).
 
     ``out`` is a local path or an fsspec URL (``s3://bucket/k2-data``): files are written under the work dir
@@ -93,9 +94,9 @@ def prepare(config: DataConfig, out: str | os.PathLike, keep_work: bool = False,
         import fsspec
 
         with fsspec.open(f"{str(out).rstrip('/')}/{MANIFEST}", "rt") as f:
-            manifest = json.load(f)
+            manifest = Manifest.from_dict(json.load(f))
     else:
-        manifest = json.loads((Path(out) / MANIFEST).read_text())
+        manifest = Manifest.read(out)
     if not keep_work:
         remove_work(Path(run.run_dir).parent)
     return manifest

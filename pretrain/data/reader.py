@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from k2hf.data_format import MANIFEST, sha256_file, unlisted_files
 from k2hf.errors import UserError
+from k2hf.formats.prepared_data import MANIFEST, Manifest, sha256_file, unlisted_files
 
 
 class DataIndexError(UserError, IndexError):
@@ -64,45 +64,49 @@ class PreparedData:
             raise NotPreparedDataError(f"{self.path} has no {MANIFEST}: not prepared data (run `k2hf data prepare` "
                                        "or `k2hf data import-k2` first)")
         text = manifest.read_bytes()
-        self.manifest = json.loads(text)
+        self.manifest = Manifest.from_dict(json.loads(text))
         # The data's identity: a checkpoint records it, and a resume onto other data is refused.
         self.manifest_sha256: str = hashlib.sha256(text).hexdigest()
-        self.seq_len: int = self.manifest["seq_len"]
-        self.dtype = np.dtype(self.manifest["dtype"])
-        self.chunk_order: list[int] = self.manifest["chunk_order"]
+        self.seq_len: int = self.manifest.seq_len
+        self.dtype = np.dtype(self.manifest.dtype)
+        self.chunk_order: list[int] = self.manifest.chunk_order
 
     @property
     def num_chunks(self) -> int:
-        return self.manifest["num_chunks"]
+        return self.manifest.num_chunks
+
+    def rows(self, chunk: int) -> int:
+        """Rows of chunk ``chunk``."""
+        return self.manifest.chunks[chunk].rows
 
     def chunk(self, index: int) -> Chunk:
         if not 0 <= index < self.num_chunks:
             raise DataIndexError(f"chunk {index} does not exist: {self.path} has chunks 0..{self.num_chunks - 1}")
-        info = self.manifest["chunks"][index]
-        if info["rows"]:
-            tokens = np.memmap(self.path / info["file"], dtype=self.dtype, mode="r", shape=(info["rows"], self.seq_len))
+        info = self.manifest.chunks[index]
+        if info.rows:
+            tokens = np.memmap(self.path / info.file, dtype=self.dtype, mode="r", shape=(info.rows, self.seq_len))
         else:  # an empty chunk, or one a partial K2 import left out
             tokens = np.zeros((0, self.seq_len), self.dtype)
-        return Chunk(index, tokens, self.path / info["pieces_file"] if info["pieces_file"] else None)
+        return Chunk(index, tokens, self.path / info.pieces_file if info.pieces_file else None)
 
     def check_readable(self, chunks: list[int]) -> None:
         """Before a run reads anything, in O(chunks): every chunk file it will read exists with the size its
         manifest gives, and the data's dtype holds every id of its tokenizer (the trainer checks the model's
         embedding rows against the same tokenizer size). Raises :class:`DataCheckError` naming what is wrong."""
-        vocab = self.manifest["tokenizer"]["vocab"]
+        vocab = self.manifest.vocab
         if vocab > np.iinfo(self.dtype).max + 1:
             raise DataCheckError(f"{self.path}: dtype {self.dtype} cannot hold the tokenizer's {vocab} ids")
         for index in chunks:
-            info = self.manifest["chunks"][index]
-            if not info["rows"]:
+            info = self.manifest.chunks[index]
+            if not info.rows:
                 continue
-            path = self.path / info["file"]
-            expected = info["rows"] * self.seq_len * self.dtype.itemsize
+            path = self.path / info.file
+            expected = info.rows * self.seq_len * self.dtype.itemsize
             if not path.is_file():
                 raise DataCheckError(f"chunk {index}: {path} is missing (re-run `k2hf data prepare`)")
             if path.stat().st_size != expected:
                 raise DataCheckError(f"chunk {index}: {path} has {path.stat().st_size} bytes, its manifest says "
-                                     f"{expected} ({info['rows']} rows x {self.seq_len} x {self.dtype.itemsize}): "
+                                     f"{expected} ({info.rows} rows x {self.seq_len} x {self.dtype.itemsize}): "
                                      "damaged or from another preparation (re-run `k2hf data prepare`)")
 
     def read_rows(self, chunk: int, rows: np.ndarray) -> np.ndarray:
@@ -110,7 +114,7 @@ class PreparedData:
         try:
             return np.asarray(self.chunk(chunk).tokens[rows])
         except (OSError, ValueError, IndexError) as error:
-            file = self.manifest["chunks"][chunk]["file"]
+            file = self.manifest.chunks[chunk].file
             raise DataCheckError(f"reading rows {list(map(int, rows))[:8]} of chunk {chunk} ({self.path / file}) "
                                  f"failed: {error}") from error
 
@@ -123,17 +127,17 @@ class PreparedData:
     def tokenizer(self):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path / self.manifest["tokenizer"]["path"])
+        return AutoTokenizer.from_pretrained(self.path / self.manifest.tokenizer.path)
 
     def describe_row(self, chunk: int, row: int) -> list[dict]:
         """Where every piece of a row came from: subset, source file, record (line) index, token span (``None``
         where the data does not record it, e.g. the FIM choice and document offset of imported K2 rows)."""
-        subsets = self.manifest["subsets"]
+        subsets = self.manifest.subsets
         return [
             {
                 "position": [int(p["pos"]), int(p["pos"] + p["length"])],
-                "subset": subsets[p["subset"]]["name"],
-                "source": subsets[p["subset"]]["sources"][p["source"]],
+                "subset": subsets[p["subset"]].name,
+                "source": subsets[p["subset"]].sources[p["source"]],
                 "record": int(p["record"]),
                 "repeat_pass": int(p["pass"]),
                 "fim": ("none", "PSM", "SPM")[int(p["fim"])] if p["fim"] >= 0 else None,
@@ -146,39 +150,39 @@ class PreparedData:
         """Re-hash every file and re-check every count; returns the problems found (empty = verified)."""
         problems = []
         itemsize = self.dtype.itemsize
-        for info in self.manifest["chunks"]:
-            if info["file"] is None:  # a chunk not imported (partial K2 import)
+        m = self.manifest
+        for info in m.chunks:
+            if info.file is None:  # a chunk not imported (partial K2 import)
                 continue
-            path = self.path / info["file"]
+            path = self.path / info.file
             if not path.is_file():
-                problems.append(f"{info['file']}: missing")
+                problems.append(f"{info.file}: missing")
                 continue
-            if path.stat().st_size != info["rows"] * self.seq_len * itemsize:
-                problems.append(f"{info['file']}: size {path.stat().st_size} != rows x seq_len x {itemsize}")
-            if sha256_file(path) != info["sha256"]:
-                problems.append(f"{info['file']}: sha256 mismatch")
-            if sha256_file(self.path / info["pieces_file"]) != info["pieces_sha256"]:
-                problems.append(f"{info['pieces_file']}: sha256 mismatch")
-        if self.manifest.get("kind") == "k2_release":
-            m = self.manifest
-            accounted = m["rows_imported"] + sum(m["rows_skipped"].values())
-            if accounted != m["rows_read"]:
-                problems.append(f"rows read {m['rows_read']} != imported + skipped ({accounted})")
-            if sum(c["rows"] for c in m["chunks"]) != m["rows_imported"]:
-                problems.append(f"chunks hold {sum(c['rows'] for c in m['chunks'])} rows, manifest says "
-                                f"{m['rows_imported']} imported")
-        for subset in self.manifest["subsets"]:
-            if "documents_read" in subset:
-                accounted = subset["documents_packed"] + sum(subset["documents_skipped"].values())
-                if accounted != subset["documents_read"]:
-                    problems.append(f"subset {subset['name']}: read {subset['documents_read']} != packed + skipped "
+            if path.stat().st_size != info.rows * self.seq_len * itemsize:
+                problems.append(f"{info.file}: size {path.stat().st_size} != rows x seq_len x {itemsize}")
+            if sha256_file(path) != info.sha256:
+                problems.append(f"{info.file}: sha256 mismatch")
+            if sha256_file(self.path / info.pieces_file) != info.pieces_sha256:
+                problems.append(f"{info.pieces_file}: sha256 mismatch")
+        if m.is_k2_release:
+            accounted = m.rows_imported + sum(m.rows_skipped.values())
+            if accounted != m.rows_read:
+                problems.append(f"rows read {m.rows_read} != imported + skipped ({accounted})")
+            if sum(c.rows for c in m.chunks) != m.rows_imported:
+                problems.append(f"chunks hold {sum(c.rows for c in m.chunks)} rows, manifest says "
+                                f"{m.rows_imported} imported")
+        for subset in m.subsets:
+            if subset.documents_read is not None:
+                accounted = subset.documents_packed + sum(subset.documents_skipped.values())
+                if accounted != subset.documents_read:
+                    problems.append(f"subset {subset.name}: read {subset.documents_read} != packed + skipped "
                                     f"({accounted})")
-            rows = sum(c.get("subset_rows", {}).get(subset["name"], 0) for c in self.manifest["chunks"])
-            if rows != subset["rows"]:
-                problems.append(f"subset {subset['name']}: chunks hold {rows} rows, manifest says {subset['rows']}")
+            rows = sum((c.subset_rows or {}).get(subset.name, 0) for c in m.chunks)
+            if rows != subset.rows:
+                problems.append(f"subset {subset.name}: chunks hold {rows} rows, manifest says {subset.rows}")
         problems += [f"{rel}: not listed in the manifest (left by another preparation? remove it)"
-                     for rel in unlisted_files(self.path, self.manifest)]
-        token_path = self.path / self.manifest["tokenizer"]["path"] / "tokenizer.json"
-        if sha256_file(token_path) != self.manifest["tokenizer"]["sha256"]:
+                     for rel in unlisted_files(self.path, m)]
+        token_path = self.path / m.tokenizer.path / "tokenizer.json"
+        if sha256_file(token_path) != m.tokenizer.sha256:
             problems.append("tokenizer.json: sha256 mismatch")
         return problems

@@ -68,9 +68,57 @@ def _encoder(tokenizer_json: str, sp_model: str | None) -> PlainTextEncoder:
     return PlainTextEncoder(Tokenizer.from_str(tokenizer_json), sp_model)
 
 
+class Shard:
+    """A tokenized shard on disk (the one owner of its layout): ``tokens.bin`` (every instance's uint32 ids,
+    back to back), ``instances.npy`` (one ``INSTANCE_DTYPE`` record per document instance, pass-major),
+    ``ends.npy`` (where each instance's tokens end within its pass) and ``meta.json`` (stats and counts per
+    pass, and the job's fingerprint: a shard of other inputs is rebuilt)."""
+
+    TOKENS, INSTANCES, ENDS, META = "tokens.bin", "instances.npy", "ends.npy", "meta.json"
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.dir = Path(out_dir)
+        self._meta: dict | None = None
+
+    def is_done(self, fingerprint: str) -> bool:
+        """Written completely, by a job with this fingerprint."""
+        path = self.dir / self.META
+        return path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint
+
+    @property
+    def meta(self) -> dict:
+        """The shard's stats: records read, tokens, skips, and ``passes`` (instances, tokens, FIM per pass)."""
+        if self._meta is None:
+            self._meta = json.loads((self.dir / self.META).read_text())
+        return self._meta
+
+    def tokens(self) -> np.ndarray:
+        """Every token id (memory-mapped)."""
+        path = self.dir / self.TOKENS
+        return np.memmap(path, dtype=np.uint32, mode="r") if path.stat().st_size else np.zeros(0, np.uint32)
+
+    def instances(self, mmap: bool = False) -> np.ndarray:
+        return np.load(self.dir / self.INSTANCES, mmap_mode="r" if mmap else None)
+
+    def pass_instances(self, repeat_pass: int) -> tuple[np.ndarray, np.ndarray]:
+        """The document instances of one repeat pass in packing order, and where each one's tokens end within the
+        pass (both memory-mapped: a lookup reads only the pages it needs)."""
+        passes = self.meta["passes"]
+        lo = sum(p["instances"] for p in passes[:repeat_pass])
+        hi = lo + passes[repeat_pass]["instances"]
+        ends = np.load(self.dir / self.ENDS, mmap_mode="r")
+        return self.instances(mmap=True)[lo:hi], ends[lo:hi]
+
+    @classmethod
+    def write(cls, tmp: Path, instances: np.ndarray, stats: dict) -> None:
+        """The tables and stats beside a ``tokens.bin`` already written into ``tmp`` (renamed into place after)."""
+        np.save(tmp / cls.INSTANCES, instances)
+        np.save(tmp / cls.ENDS, pass_ends(instances))
+        (tmp / cls.META).write_text(json.dumps(stats))
+
+
 def shard_is_done(job: ShardJob) -> bool:
-    meta = Path(job.out_dir) / "meta.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == job.fingerprint
+    return Shard(job.out_dir).is_done(job.fingerprint)
 
 
 def build_shard(job: ShardJob) -> dict:
@@ -82,7 +130,7 @@ def build_shard(job: ShardJob) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = _ShardState(job, encoder)
-    with open(tmp / "tokens.bin", "wb") as token_file:
+    with open(tmp / Shard.TOKENS, "wb") as token_file:
         state.token_file = token_file
         if job.tokenization == "k2_release":
             state.add_release_file(read_source(job.subset, job.source))
@@ -91,9 +139,7 @@ def build_shard(job: ShardJob) -> dict:
     instances = np.concatenate(state.tables) if state.tables else np.zeros(0, INSTANCE_DTYPE)
     instances = instances[np.lexsort((instances["record"], instances["pass"]))]  # pass-major, then record order
     stats = state.stats(instances)
-    np.save(tmp / "instances.npy", instances)
-    np.save(tmp / "ends.npy", pass_ends(instances))
-    (tmp / "meta.json").write_text(json.dumps(stats))
+    Shard.write(tmp, instances, stats)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return stats
@@ -263,10 +309,5 @@ def _encode(encoder: PlainTextEncoder, texts: list[str]) -> list[list[int]]:
 
 def load_shard(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """Tokens (memory-mapped), instance table and stats of a finished shard."""
-    out_dir = Path(out_dir)
-    return (
-        np.memmap(out_dir / "tokens.bin", dtype=np.uint32, mode="r") if (out_dir / "tokens.bin").stat().st_size
-        else np.zeros(0, np.uint32),
-        np.load(out_dir / "instances.npy"),
-        json.loads((out_dir / "meta.json").read_text()),
-    )
+    shard = Shard(out_dir)
+    return shard.tokens(), shard.instances(), shard.meta
