@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
+from k2hf.recipes import PACKAGE_PREFIX, build_section, check_field_types, load_yaml_recipe, recipe_path
 
 from .sources import ADAPTERS
 
@@ -64,9 +64,9 @@ class SFTRecipe:
     base_dir: str = "."
 
     def resolve(self, path: str | None) -> str | None:
-        if path is None or os.path.isabs(path) or not _looks_local(path, self.base_dir):
-            return path
-        return os.path.normpath(os.path.join(self.base_dir, path))
+        if path is None or not (path.startswith(PACKAGE_PREFIX) or _looks_local(path, self.base_dir)):
+            return path  # a Hub repo id
+        return recipe_path(path, self.base_dir)
 
     @property
     def packed_path(self) -> Path:

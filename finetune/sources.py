@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from k2hf.chat_template import Conversation, split_conversation, validate_conversation
+from k2hf.recipes import recipe_path
 from k2hf.records import Record, Rejection, read_records
 
 Messages = list[dict[str, Any]]
@@ -170,8 +171,7 @@ def resolve_paths(patterns: list[str], base_dir: str) -> list[str]:
 
     files = []
     for pattern in patterns:
-        full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
-        matched = sorted(glob.glob(full, recursive=True))
+        matched = sorted(glob.glob(recipe_path(pattern, base_dir), recursive=True))
         if not matched:
             raise FileNotFoundError(f"{pattern!r} matches no file (looked in {base_dir})")
         files.extend(os.path.normpath(m) for m in matched)

@@ -96,12 +96,7 @@ def _data_prepare(args: argparse.Namespace) -> int:
         else:
             print(f"submitted 4 Slurm jobs (tokenize -> plan -> write -> manifest); logs under {run_dir / 'logs'}")
         return 0
-    print(f"prepared {manifest['total_rows']} rows x {manifest['seq_len']} tokens in {manifest['num_chunks']} chunks "
-          f"-> {args.out}")
-    for subset in manifest["subsets"]:
-        skipped = ", ".join(f"{k} {v}" for k, v in subset["documents_skipped"].items()) or "none"
-        print(f"  {subset['name']}: {subset['documents_read']} read, {subset['documents_packed']} packed, "
-              f"skipped: {skipped}; {subset['rows']} rows")
+    print(manifest.report(args.out))
     return 0
 
 
@@ -178,11 +173,7 @@ def _data_import_k2(args: argparse.Namespace) -> int:
 
     manifest = import_k2(args.src, args.out, chunks=_int_list(args.chunks), revision=args.revision,
                          **_given(args, "tokenizer", "on_error", "seq_len"))
-    skipped = ", ".join(f"{k} {v}" for k, v in manifest["rows_skipped"].items()) or "none"
-    print(f"imported {manifest['rows_imported']} of {manifest['rows_read']} rows x {manifest['seq_len']} tokens "
-          f"from {len(manifest['chunks_imported'])} chunk(s) (skipped: {skipped}) -> {args.out}")
-    for subset in manifest["subsets"]:
-        print(f"  {subset['name']}: {subset['rows']} rows from {len(subset['sources'])} source file(s)")
+    print(manifest.report(args.out))
     return 0
 
 
@@ -502,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--prompt", default="What is the highest mountain in Africa?")
     demo.set_defaults(func=_demo)
+
+    from .commands import recipes
+
+    recipes.register(sub)
     return parser
 
 

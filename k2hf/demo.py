@@ -20,7 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1]
 # spike detection sized for a 36-step run, and the drill: chunk 2 reads as random tokens until the first rollback
 DEMO_SPIKES = {"window": 8, "malignant_steps": 4, "recovery_steps": 2, "min_delta": 0.3}
 DRILL_CHUNK = 2
@@ -37,12 +36,11 @@ def _reset_accelerate() -> None:
     reset_accelerate_state()
 
 
-def _config_path(*parts: str) -> Path:
-    path = REPO_CONFIGS.joinpath(*parts)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the demo from a k2hf checkout installed with "
-                                "`pip install -e .`")
-    return path
+def _config_path(name: str) -> Path:
+    """A bundled recipe (shipped in the package: the demo runs from a wheel as from a checkout)."""
+    from .bundled import find_recipe
+
+    return find_recipe(name).path
 
 
 def prepare_data(out: Path) -> dict[str, Path]:
@@ -51,14 +49,14 @@ def prepare_data(out: Path) -> dict[str, Path]:
     from .pretrain.data.reader import PreparedData
 
     dirs = {}
-    for stage, recipe in (("stage1", "sample.yaml"), ("stage2", "sample_stage2.yaml")):
+    for stage, recipe in (("stage1", "data/sample"), ("stage2", "data/sample_stage2")):
         target = out / "data" / stage
         if (target / "manifest.json").is_file() and not PreparedData(target).verify():
             _step(f"reusing verified data {target}")
         else:
             _step(f"preparing {stage} data ({recipe}): tokenize, cut rows, deal into chunks")
             shutil.rmtree(target, ignore_errors=True)
-            prepare(load_data_config(_config_path("pretrain", "configs", "data", recipe)), target)
+            prepare(load_data_config(_config_path(recipe)), target)
         dirs[stage] = target
     return dirs
 
@@ -73,13 +71,13 @@ def pretrain(out: Path, data: dict[str, Path]) -> Path:
     _step("pretraining stage 1 (tiny K2 on 64-token rows where K2 used 2048; a checkpoint per chunk; spike "
           f"detection on, with a drilled data fault: chunk {DRILL_CHUNK} reads as random tokens until the first "
           "rollback, as a bad chunk drove K2's malignant spikes)")
-    run(load_train_config(_config_path("pretrain", "configs", "tiny_stage1.yaml"), {
+    run(load_train_config(_config_path("pretrain/tiny_stage1"), {
         "data": str(data["stage1"]), "output_dir": str(stage1_dir), "global_batch_tokens": 128,
         "micro_batch_size": 1, **spikes}))
     _reset_accelerate()
     final1 = _last_checkpoint(stage1_dir)
     _step(f"stage 2: context extension from {final1.name} (128-token rows, RoPE theta 500000, linear decay to 0)")
-    run(load_train_config(_config_path("pretrain", "configs", "tiny_stage2.yaml"), {
+    run(load_train_config(_config_path("pretrain/tiny_stage2"), {
         "data": str(data["stage2"]), "output_dir": str(stage2_dir), "model.init_from": str(final1),
         "global_batch_tokens": 256, "micro_batch_size": 1}))
     _reset_accelerate()
@@ -87,12 +85,12 @@ def pretrain(out: Path, data: dict[str, Path]) -> Path:
 
 
 def _last_checkpoint(run_dir: Path) -> Path:
-    from .pretrain.checkpointing import latest_checkpoint
+    from .formats import RunDir
 
-    found = latest_checkpoint(run_dir / "checkpoints")
+    found = RunDir(run_dir).latest_checkpoint()
     if found is None:
         raise RuntimeError(f"no checkpoint in {run_dir}")
-    return found
+    return found.path
 
 
 def finetune(out: Path, base: Path) -> Path:
@@ -105,7 +103,7 @@ def finetune(out: Path, base: Path) -> Path:
         _step(f"reusing SFT model {final}")
         return final
     _step("K2-Chat SFT: adapt OpenHermes / FLAN / Do-Not-Answer / messages samples, pack 256-token rows, train")
-    recipe = load_recipe(_config_path("finetune", "recipes", "tiny.yaml"), {
+    recipe = load_recipe(_config_path("sft/tiny"), {
         "model": str(base), "output_dir": str(sft_dir), "train.report_to": ["tensorboard"]})
     result = train(recipe)
     _reset_accelerate()
@@ -141,17 +139,19 @@ def run_demo(out: str | os.PathLike, prompt: str) -> Path:
 
 def _write_summary(out: Path, data: dict, base: Path, model_dir: Path, spikes: list[dict], spike_png, prompt: str,
                    reply: str) -> Path:
+    from .formats import RunDir
+    from .formats.prepared_data import Manifest
     from .pretrain.spikes import spike_title
 
-    manifest = json.loads((data["stage1"] / "manifest.json").read_text())
+    manifest = Manifest.read(data["stage1"])
     report = json.loads((out / "sft" / "packed" / "report.json").read_text())
-    metrics = [json.loads(line) for line in (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    metrics = RunDir(out / "pretrain" / "stage1").metrics.read()
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
     lines = [
         "# k2hf demo: what happened and where it is",
         "",
-        f"1. **Data** `{rel(data['stage1'])}`: {manifest['total_rows']} rows x {manifest['seq_len']} tokens in "
-        f"{manifest['num_chunks']} chunks (`manifest.json`, verify with `k2hf data verify {rel(data['stage1'])}`); "
+        f"1. **Data** `{rel(data['stage1'])}`: {manifest.total_rows} rows x {manifest.seq_len} tokens in "
+        f"{manifest.num_chunks} chunks (`manifest.json`, verify with `k2hf data verify {rel(data['stage1'])}`); "
         f"stage-2 data in `{rel(data['stage2'])}`.",
         f"2. **Pretraining stage 1** `pretrain/stage1`: {len(metrics)} steps, loss {metrics[0]['loss']:.3f} -> "
         f"{metrics[-1]['loss']:.3f}; checkpoints `pretrain/stage1/checkpoints/ckpt_001..`; curves "

@@ -13,6 +13,19 @@ import yaml
 
 from .errors import UserError
 
+PACKAGE_PREFIX = "k2hf:"  # `k2hf:sample_data/sft/flan.jsonl`: a file shipped inside the installed k2hf
+
+
+def recipe_path(path: str, base_dir: str) -> str:
+    """A path as a recipe gives it: absolute as is; ``k2hf:REL`` a file shipped inside the installed k2hf package
+    (what the bundled recipes use, so that they work from a wheel as from a checkout); anything else relative to
+    the recipe's folder (``base_dir``)."""
+    if path.startswith(PACKAGE_PREFIX):
+        return str(Path(__file__).resolve().parent / path[len(PACKAGE_PREFIX):])
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base_dir, path))
+
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["optim.lr=3e-4", "max_steps=10"]`` -> ``{"optim.lr": 0.0003, "max_steps": 10}`` (values parsed as YAML)."""

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from k2hf.errors import UserError
-from k2hf.recipes import build_section, check_field_types, load_yaml_recipe
+from k2hf.recipes import build_section, check_field_types, load_yaml_recipe, recipe_path
 
 
 class TrainConfigError(UserError):
@@ -121,9 +121,7 @@ class TrainConfig:
 
     def resolve(self, path: str | None) -> str | None:
         """A path from the recipe, relative to the recipe's folder."""
-        if path is None or os.path.isabs(path):
-            return path
-        return os.path.normpath(os.path.join(self.base_dir, path))
+        return None if path is None else recipe_path(path, self.base_dir)
 
 
 _SECTIONS = {"model": ModelSection, "optim": OptimSection, "checkpoint": CheckpointSection, "log": LogSection,

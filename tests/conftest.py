@@ -144,19 +144,33 @@ def sample_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> tuple[Path, str]:
-    """`k2hf demo`, run once for the whole suite (the longest single thing in it): its out dir and what it
-    printed. The README's commands (tests/test_docs.py) then run on what it left, as a user's would."""
-    import contextlib
-    import io
+def wheel(tmp_path_factory) -> Path:
+    """k2hf's wheel, built from the checkout as it is."""
+    from wheel_build import build_wheel
 
-    from k2hf import cli
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert cli.main(["demo", "--out", str(out)]) == 0
-    return out, printed.getvalue()
+
+@pytest.fixture(scope="session")
+def wheel_bin(wheel, tmp_path_factory) -> Path:
+    """The bin dir of a fresh venv with the wheel installed (not the editable checkout)."""
+    from wheel_build import install_in_fresh_venv
+
+    return install_in_fresh_venv(wheel, tmp_path_factory.mktemp("wheel-venv") / "venv")
+
+
+@pytest.fixture(scope="session")
+def demo_run(wheel_bin, tmp_path_factory) -> tuple[Path, str]:
+    """`k2hf demo` as a new user runs it: the installed wheel's `k2hf`, in an empty folder. Run once for the whole
+    suite (the longest single thing in it): its out dir and what it printed. The README's commands
+    (tests/test_docs.py) then run on what it left, as a user's would."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("demo-user")
+    result = subprocess.run([str(wheel_bin / "k2hf"), "demo"], cwd=folder, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return folder / "outputs" / "demo", result.stdout
 
 
 @pytest.fixture(scope="session")

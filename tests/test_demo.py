@@ -4,6 +4,9 @@ import json
 
 import pytest
 
+from k2hf.formats import RunDir, SpikeAction, TrainerState
+from k2hf.formats.prepared_data import Manifest
+
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
@@ -11,8 +14,7 @@ def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
 
     out, first = demo_run
     assert "k2> " in first and "done." in first
-    manifest = json.loads((out / "data" / "stage1" / "manifest.json").read_text())
-    assert manifest["num_chunks"] == 4
+    assert Manifest.read(out / "data" / "stage1").num_chunks == 4
     assert sorted(p.name for p in (out / "pretrain" / "stage1" / "checkpoints").iterdir()) == [
         "ckpt_001", "ckpt_002", "ckpt_003", "ckpt_004"]
     stage2 = json.loads((out / "pretrain" / "stage2" / "checkpoints" / "ckpt_002" / "config.json").read_text())
@@ -22,11 +24,11 @@ def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
     report = json.loads((out / "sft" / "packed" / "report.json").read_text())
     assert report["rows"] > 0 and (out / "sft" / "final" / "model.safetensors").is_file()
     # the drill: chunk 2 poisoned until the first rollback -> a malignant spike, rolled back, chunk 2 deferred
-    (spike,) = [json.loads(line) for line in (out / "pretrain" / "stage1" / "spikes.jsonl").read_text().splitlines()
-                if json.loads(line)["class"] == "malignant"]
-    assert spike["action"] == "rollback to ckpt_002 + defer_chunk"
-    final = json.loads((out / "pretrain" / "stage1" / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
-    assert final["order"] == [0, 1, 3, 2] and final["rollbacks"] == 1
+    stage1 = RunDir(out / "pretrain" / "stage1")
+    (spike,) = [s for s in stage1.spike_records() if s["class"] == "malignant"]
+    assert spike["action"] == SpikeAction("rollback", to="ckpt_002", policy="defer_chunk")
+    final = TrainerState.read(stage1.checkpoints_dir / "ckpt_004")
+    assert final.order == [0, 1, 3, 2] and final.rollbacks == 1
     summary = (out / "SUMMARY.md").read_text()
     assert "sft/final" in summary and "k2> " in summary and "Loss spikes: 1 malignant (rolled back)" in summary
     mtime = (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
@@ -34,8 +36,7 @@ def test_demo_runs_end_to_end_and_reuses(demo_run, capsys):
     second = capsys.readouterr().out
     assert "reusing verified data" in second and "reusing SFT model" in second
     assert (out / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
-    metrics = (out / "pretrain" / "stage1" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 36  # resumed at the end: no step retrained
+    assert len(stage1.metrics.read()) == 36  # resumed at the end: no step retrained
 
 
 def test_demo_data_stage_prepares_then_reuses_verified_data(tmp_path, capsys):

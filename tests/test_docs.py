@@ -67,7 +67,9 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
     assert ran.count("launch") == 3  # pretraining at 65B, SFT for each K2-Chat release
-    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval"} <= set(ran)
+    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval", "recipes"} <= set(ran)
+    assert "pretrain/tiny_stage1" in out and (sandbox / "my-recipes" / "tiny_stage1.yaml").is_file()
+    assert "accelerate/zero3.yaml" in out
     assert ran.count("hub") == 5
     assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
     assert (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").is_file()

@@ -15,6 +15,7 @@ from k2hf.finetune.mixture import sample_indices
 from k2hf.finetune.packing import IGNORE, StrictModeError, encode_conversations, pack
 from k2hf.finetune.recipe import RecipeError, load_recipe
 from k2hf.finetune.sources import read_rows, to_conversation
+from k2hf.recipes import recipe_path
 from k2hf.records import Rejection
 
 SAMPLES = REPO_ROOT / "k2hf" / "sample_data" / "sft"
@@ -96,7 +97,7 @@ def test_label_masks_exact_token_by_token(tiny_tokenizer):
 def _recipe(tmp_path: Path, model_dir: Path, **changes) -> Path:
     raw = yaml.safe_load((REPO_ROOT / "finetune/recipes/tiny.yaml").read_text())
     for source in raw["sources"]:
-        source["paths"] = [str((REPO_ROOT / "finetune/recipes" / p).resolve()) for p in source["paths"]]
+        source["paths"] = [recipe_path(p, str(REPO_ROOT / "finetune/recipes")) for p in source["paths"]]
     raw.update(model=str(model_dir), output_dir=str(tmp_path / "sft"), **changes)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
