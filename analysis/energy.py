@@ -9,6 +9,7 @@ reports the 30 days of loss-spike handling apart.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 
@@ -40,6 +41,40 @@ class Energy:
     def to_dict(self) -> dict:
         return {**asdict(self), "mwh": self.mwh, "tco2eq": self.tco2eq}
 
+    def factors_line(self) -> str:
+        return f"factors: {self.kw_per_gpu} kW per GPU, PUE {self.pue}, {self.t_per_mwh} tCO2eq per MWh"
+
+    def report(self) -> str:
+        """The factors and the estimate as the K2 paper reports one: carbon from the MWh as rounded to 0.1 (its
+        10.8 MWh x 0.385 = 4.2 t; the properties keep full precision)."""
+        mwh = round(self.mwh, 1)
+        return (f"{self.factors_line()}\n"
+                f"{self.gpu_hours:,.1f} GPU-hours: {mwh:,.1f} MWh, {mwh * self.t_per_mwh:,.1f} tCO2eq")
+
+
+@dataclass(frozen=True)
+class RunEnergy:
+    """A run's energy: ``trained`` (the steps of the final model's history), ``rolled_back`` (the steps spike
+    rollbacks took back, reported apart as the K2 paper reports its spike handling) and their ``total``."""
+
+    trained: Energy
+    rolled_back: Energy
+    steps: int
+    rolled_back_steps: int
+
+    @property
+    def total(self) -> Energy:
+        return dataclasses.replace(self.trained, gpu_hours=self.trained.gpu_hours + self.rolled_back.gpu_hours)
+
+    def report(self) -> str:
+        lines = [self.trained.factors_line()]
+        for energy, label in ((self.trained, f"steps kept ({self.steps})"),
+                              (self.rolled_back, f"steps rolled back by spike handling ({self.rolled_back_steps})"),
+                              (self.total, "total")):
+            lines.append(f"{label:<48} {energy.gpu_hours:>12.6f} GPU-hours {energy.mwh:>12.9f} MWh "
+                         f"{energy.tco2eq:>12.9f} tCO2eq")
+        return "\n".join(lines)
+
 
 def gpu_hours(gpus: int | None = None, days: float | None = None, hours: float | None = None) -> float:
     """``gpus x days x 24`` or ``hours`` given directly (``--gpu-hours``)."""
@@ -56,17 +91,15 @@ def gpu_hours(gpus: int | None = None, days: float | None = None, hours: float |
     return gpus * days * 24.0
 
 
-def run_energy(run_dir: str | os.PathLike, **factors: float) -> dict[str, Energy | int]:
-    """A run's energy from its step records: ``trained`` (steps in the final model's history), ``rolled_back``
-    (steps spike rollbacks took back) and ``total``. Device time of the steps only: start-up and checkpoint saves
-    are not in it."""
+def run_energy(run_dir: str | os.PathLike, **factors: float) -> RunEnergy:
+    """A run's energy from its step records. Device time of the steps only: start-up and checkpoint saves are not
+    in it."""
     run = RunDir(run_dir)
     if not run.metrics.exists():
         raise UserError(f"{run.path} has no {RunDir.METRICS}: give a pretraining run dir")
     trained, kept_steps = _device_hours(run.metrics)
     rolled_back, rolled_steps = _device_hours(run.rolled_back)
-    return {"trained": Energy(trained, **factors), "rolled_back": Energy(rolled_back, **factors),
-            "total": Energy(trained + rolled_back, **factors), "steps": kept_steps, "rolled_back_steps": rolled_steps}
+    return RunEnergy(Energy(trained, **factors), Energy(rolled_back, **factors), kept_steps, rolled_steps)
 
 
 def _device_hours(log: JsonlFile) -> tuple[float, int]:
@@ -78,4 +111,4 @@ def _device_hours(log: JsonlFile) -> tuple[float, int]:
     return sum(r["seconds"] * r.get("processes", 1) for r in records) / 3600.0, len(records)
 
 
-__all__ = ["Energy", "K2_KW_PER_GPU", "K2_PUE", "K2_T_PER_MWH", "gpu_hours", "run_energy"]
+__all__ = ["Energy", "K2_KW_PER_GPU", "K2_PUE", "K2_T_PER_MWH", "RunEnergy", "gpu_hours", "run_energy"]

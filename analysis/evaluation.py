@@ -111,6 +111,16 @@ def run_eval(model_source: str, tasks: list[str], out: str | os.PathLike, revisi
     return record
 
 
+def results_lines(record: dict) -> str:
+    """``task: metric value, ...`` per task of a harness results record (stderrs left out)."""
+    lines = []
+    for task, metrics in record["results"].items():
+        shown = ", ".join(f"{k.split(',')[0]} {v:.4g}" for k, v in metrics.items()
+                          if "," in k and isinstance(v, float) and "stderr" not in k)
+        lines.append(f"{task}: {shown}")
+    return "\n".join(lines)
+
+
 def _versions() -> dict:
     import lm_eval
     import torch
@@ -166,4 +176,4 @@ def _sweep_rows(checkpoint, record: dict) -> list[dict]:
     return rows
 
 
-__all__ = ["OFFLINE_TASKS", "evaluate_model", "offline_tasks_dir", "run_eval", "sweep"]
+__all__ = ["OFFLINE_TASKS", "evaluate_model", "offline_tasks_dir", "results_lines", "run_eval", "sweep"]

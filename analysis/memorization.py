@@ -26,6 +26,7 @@ import k2hf.checkpoints as checkpoints_api
 from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
 from k2hf.formats import RunDir
+from k2hf.indices import parse_selection
 from k2hf.modeling import CACHE_ARG
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
@@ -125,15 +126,16 @@ class RowSampler:
 
 # ---------------------------------------------------------------------------------------------- the analysis
 def select_checkpoints(available: list[Checkpoint], which: str | list[str] = "all") -> list[Checkpoint]:
-    """``all`` (every chunk checkpoint, or the one model of a model dir), or numbers/names (``1,5,9``)."""
+    """``all`` (every chunk checkpoint, or the one model of a model dir), or numbers, ranges and names
+    (``1,5,9``, ``1-4``, ``step_0000012``)."""
     if which == "all":
         chosen = [c for c in available if c.kind in ("chunk", "model")]
         if not chosen:
             raise UserError("the source has no chunk checkpoints yet; name checkpoints with --checkpoints")
         return chosen
-    names = which.split(",") if isinstance(which, str) else which
+    names = parse_selection(which) if isinstance(which, str) else which
     try:
-        return [checkpoints_api.find(available, name.strip()) for name in names if name.strip()]
+        return [checkpoints_api.find(available, name) for name in names]
     except checkpoints_api.CheckpointError as error:
         raise UserError(str(error)) from None
 
@@ -265,6 +267,14 @@ def _write_outputs(out: Path, results: dict, selected: list[Checkpoint], chunks:
     return summary
 
 
+def summary_table(summary: dict) -> str:
+    """Per checkpoint: rows scored, mean score, full-match rate (``k2hf analyze memorization``)."""
+    lines = [f"{'checkpoint':<24} {'rows':>6} {'mean score':>11} {'full match':>11}"]
+    for name, stats in summary["checkpoints"].items():
+        lines.append(f"{name:<24} {stats['rows']:>6} {stats['mean_score']:>11.4f} {stats['full_match_rate']:>11.2%}")
+    return "\n".join(lines)
+
+
 def score_correlation(results: dict[str, list[tuple[int, int, float]]]) -> np.ndarray:
     """Pearson correlation of per-row scores between every pair of checkpoints, over the rows both scored (NaN
     where fewer than 2 common rows or a constant score leaves it undefined)."""
@@ -286,4 +296,4 @@ def score_correlation(results: dict[str, list[tuple[int, int, float]]]) -> np.nd
 
 
 __all__ = ["MemorizationConfig", "RowSampler", "TrainedData", "analyze_memorization", "greedy_continuations",
-           "memorization_scores", "score_correlation", "select_checkpoints", "trained_data"]
+           "memorization_scores", "score_correlation", "select_checkpoints", "summary_table", "trained_data"]

@@ -30,6 +30,12 @@ class CheckpointChunk:
     def name(self) -> str:
         return f"ckpt_{self.checkpoint:03d}"
 
+    def __str__(self) -> str:
+        """``ckpt_003 <- chunk 3 (step 27)  [planned: chunk 2]`` (``k2hf data order``)."""
+        step = f" (step {self.global_step})" if self.global_step is not None else ""
+        planned = f"  [planned: chunk {self.planned_chunk}]" if self.planned_chunk not in (None, self.chunk) else ""
+        return f"{self.name} <- chunk {self.chunk}{step}{planned}"
+
 
 class ChunkOrder:
     """The checkpoint -> chunk table of one source, with range-checked look-ups both ways."""

@@ -310,6 +310,17 @@ def _report(recipe, source_reports, statuses, packed, documents: int, seconds: f
     }
 
 
+def report_text(report: dict, where: str | os.PathLike) -> str:
+    """What a person reads after ``k2hf sft pack`` wrote ``report`` (its ``report.json``) into ``where``."""
+    lines = [f"packed {report['documents']} conversations into {report['rows']} rows of <= {report['max_length']} "
+             f"tokens (fill {report['fill_ratio']:.3f}, trained tokens {report['trained_fraction']:.1%}) -> {where}"]
+    for source in report["sources"]:
+        rejected = ", ".join(f"{k} {v}" for k, v in source["rejected"].items()) or "none"
+        lines.append(f"  {source['name']}: {source['read']} read, rejected: {rejected}; {source['drawn']} drawn "
+                     f"(target {source['target']}), overlong: {source['overlong'] or 'none'}")
+    return "\n".join(lines)
+
+
 def load_packed(recipe: SFTRecipe, progress: bool = True):
     """The packed dataset of ``recipe``: reused when its report matches the recipe's data, else rebuilt."""
     from datasets import load_from_disk

@@ -81,6 +81,8 @@ def copy_recipe(name: str, dest: str | os.PathLike, overwrite: bool = False) -> 
     """Copy a bundled recipe into ``dest`` (a folder, created if needed, or a file path ending in ``.yaml``)."""
     recipe = find_recipe(name)
     dest = Path(dest)
+    if dest.is_file() and dest.suffix not in (".yaml", ".yml"):
+        raise UserError(f"{dest} is a file: give a folder, or a path ending in .yaml")
     target = dest if dest.suffix in (".yaml", ".yml") else dest / recipe.path.name
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists: remove it or pass --overwrite")

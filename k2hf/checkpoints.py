@@ -126,6 +126,18 @@ def find(checkpoints: list[Checkpoint], which: str | int | Checkpoint) -> Checkp
     raise CheckpointError(f"no checkpoint named {which!r} (have: {shown})")
 
 
+def table(checkpoints: list[Checkpoint]) -> str:
+    """``k2hf checkpoints list``: name, kind, step, tokens seen, chunk trained last and where to load it from."""
+    def dash(value) -> str:
+        return "-" if value is None else f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+    lines = [f"{'name':<24} {'kind':<15} {'step':>9} {'tokens seen':>14} {'chunk':>6}  load with"]
+    for c in checkpoints:
+        lines.append(f"{c.name:<24} {c.kind:<15} {dash(c.global_step):>9} {dash(c.tokens_seen):>14} "
+                     f"{dash(c.chunk):>6}  {c.location}")
+    return "\n".join(lines)
+
+
 def load(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretrained_kwargs: Any):
     """Load one checkpoint of ``source`` as a :class:`~k2hf.modeling.K2ForCausalLM` (``dtype=``, ``device_map=``
     and every other ``from_pretrained`` argument pass through)."""
@@ -139,4 +151,4 @@ def load(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretra
 list = list_checkpoints  # noqa: A001  `k2hf.checkpoints.list(source)`; nothing below may call the builtin
 
 __all__ = ["Checkpoint", "CheckpointError", "check_model_dir", "find", "list", "list_checkpoints", "load",
-           "looks_local"]
+           "looks_local", "table"]

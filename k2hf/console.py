@@ -1,9 +1,15 @@
-"""Where library logs go when k2hf runs as a program (the CLI and the training scripts): one plain line each on
-stderr. Library code only logs; programs call :func:`configure_logging` once."""
+"""k2hf as a program: where library logs go (one plain line each on stderr; library code only logs, programs call
+:func:`configure_logging` once), and how a training job starts (:class:`TrainingJob`, shared by the CLI and the
+training scripts)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -15,3 +21,39 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler._k2hf = True
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training job as programs start it: ``k2hf pretrain`` / ``k2hf sft train`` in this process, and the
+    scripts ``accelerate launch`` starts on every rank (``pretrain/train.py``, ``finetune/sft.py``). Each job's
+    library entry point is its package's ``launch.run``."""
+
+    title: str  # "K2 pretraining"
+    recipe_flag: str  # "--config" / "--recipe"
+    recipe_help: str
+    load: Callable[[str, dict[str, Any]], Any]  # (recipe path, overrides) -> recipe
+    run: Callable[[Any], Any]  # recipe -> result
+    done: Callable[[Any], str]  # result -> the line rank 0 prints at the end
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(self.recipe_flag, required=True, dest="recipe", help=self.recipe_help)
+        parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                            help="recipe overrides, dotted for sections (e.g. optim.lr=3e-4 max_steps=100)")
+
+    def start(self, recipe: str, overrides: list[str]) -> int:
+        """Load the recipe with its overrides, run, and (rank 0) say how it ended."""
+        from .recipes import parse_overrides
+
+        result = self.run(self.load(recipe, parse_overrides(overrides)))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(self.done(result))
+        return 0
+
+    def script_main(self, argv: list[str] | None = None) -> int:
+        """The ``main`` of a training script: its own command line, logging, then :meth:`start`."""
+        parser = argparse.ArgumentParser(description=f"{self.title} (launch with `accelerate launch`).")
+        self.add_arguments(parser)
+        args = parser.parse_args(argv)
+        configure_logging()
+        return self.start(args.recipe, args.set)

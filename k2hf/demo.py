@@ -94,8 +94,8 @@ def _last_checkpoint(run_dir: Path) -> Path:
 
 
 def finetune(out: Path, base: Path) -> Path:
+    from .finetune.launch import run
     from .finetune.recipe import load_recipe
-    from .finetune.train import train
 
     sft_dir = out / "sft"
     final = sft_dir / "final"
@@ -105,7 +105,7 @@ def finetune(out: Path, base: Path) -> Path:
     _step("K2-Chat SFT: adapt OpenHermes / FLAN / Do-Not-Answer / messages samples, pack 256-token rows, train")
     recipe = load_recipe(_config_path("sft/tiny"), {
         "model": str(base), "output_dir": str(sft_dir), "train.report_to": ["tensorboard"]})
-    result = train(recipe)
+    result = run(recipe)
     _reset_accelerate()
     return result
 

@@ -113,8 +113,8 @@ def test_sft_with_trl_torch_compile_matches_eager(tiny_tokenizer, tmp_path):
     """SFT takes TRL's own switch (``train: {torch_compile: true}``): same per-step losses as eager."""
     from test_sft import TAUGHT, _recipe
 
+    from k2hf.finetune.launch import run as train
     from k2hf.finetune.recipe import load_recipe
-    from k2hf.finetune.train import train
     from k2hf.tiny import build_tiny_k2
 
     base = tmp_path / "base"

@@ -38,12 +38,12 @@ def test_run_energy_separates_rolled_back_steps(drill_run, capsys):
     kept = [json.loads(line) for line in (drill_run / "metrics.jsonl").read_text().splitlines()]
     rolled = [json.loads(line) for line in (drill_run / "metrics_rolled_back.jsonl").read_text().splitlines()]
     report = run_energy(drill_run, kw_per_gpu=0.4, pue=1.0)
-    assert (report["steps"], report["rolled_back_steps"]) == (36, 4)
-    assert report["trained"].gpu_hours == pytest.approx(sum(r["seconds"] * r["processes"] for r in kept) / 3600)
-    assert report["rolled_back"].gpu_hours == pytest.approx(sum(r["seconds"] for r in rolled) / 3600)
-    assert report["rolled_back"].gpu_hours > 0
-    assert report["total"].mwh == pytest.approx(report["trained"].mwh + report["rolled_back"].mwh)
-    assert report["trained"].mwh == pytest.approx(report["trained"].gpu_hours * 0.4 / 1000)
+    assert (report.steps, report.rolled_back_steps) == (36, 4)
+    assert report.trained.gpu_hours == pytest.approx(sum(r["seconds"] * r["processes"] for r in kept) / 3600)
+    assert report.rolled_back.gpu_hours == pytest.approx(sum(r["seconds"] for r in rolled) / 3600)
+    assert report.rolled_back.gpu_hours > 0
+    assert report.total.mwh == pytest.approx(report.trained.mwh + report.rolled_back.mwh)
+    assert report.trained.mwh == pytest.approx(report.trained.gpu_hours * 0.4 / 1000)
     assert cli.main(["report", "energy", str(drill_run)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("steps kept (36)") and lines[2].startswith("steps rolled back by spike handling (4)")

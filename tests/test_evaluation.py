@@ -23,7 +23,7 @@ def _jsonl(path):
 
 def test_harness_numbers_equal_direct_computation(drill_run, tmp_path, capsys):
     model_dir = drill_run / "checkpoints" / "ckpt_004"
-    assert cli.main(["eval", str(model_dir), "--tasks", "k2hf_mc,k2hf_text", "--out", str(tmp_path / "ev")]) == 0
+    assert cli.main(["eval", "run", str(model_dir), "--tasks", "k2hf_mc,k2hf_text", "--out", str(tmp_path / "ev")]) == 0
     record = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert record["model"]["source"] == str(model_dir) and record["versions"]["lm_eval"]
     results = record["results"]
@@ -65,7 +65,7 @@ def test_sweep_is_resumable_and_plots(drill_run, tmp_path, capsys):
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "sw").glob("*/results.json")}
     assert cli.main(args) == 0  # a re-run skips finished checkpoints
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "sw").glob("*/results.json")} == stamps
-    assert cli.main(["eval", str(drill_run / "checkpoints" / "ckpt_001"), "--tasks", "no_such_task", "--out",
+    assert cli.main(["eval", "run", str(drill_run / "checkpoints" / "ckpt_001"), "--tasks", "no_such_task", "--out",
                      str(tmp_path / "x")]) == 2
     assert "unknown tasks ['no_such_task']" in capsys.readouterr().err
 
@@ -83,7 +83,7 @@ def test_include_path_adds_the_users_own_tasks(drill_run, tmp_path):
         f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{options}}'\n"
         "doc_to_target: '{{gold}}'\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
-    assert cli.main(["eval", str(drill_run / "checkpoints" / "ckpt_004"), "--tasks", "my_task,k2hf_mc",
+    assert cli.main(["eval", "run", str(drill_run / "checkpoints" / "ckpt_004"), "--tasks", "my_task,k2hf_mc",
                      "--include-path", str(tmp_path / "tasks"), "--limit", "2", "--out", str(tmp_path / "ev")]) == 0
     record = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert set(record["results"]) == {"my_task", "k2hf_mc"} and record["limit"] == 2

@@ -248,8 +248,8 @@ def test_tiny_model_sft_on_glaive_calls_tools_through_the_parser(tiny_tokenizer,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from k2hf.chat import generate_message, run_tool_loop
+    from k2hf.finetune.launch import run as train
     from k2hf.finetune.recipe import load_recipe
-    from k2hf.finetune.train import train
     from k2hf.tiny import build_tiny_k2
 
     base = tmp_path / "base"

@@ -54,8 +54,8 @@ def test_pretraining_warns_nothing(no_deprecations, sample_data, tmp_path):
 
 
 def test_sft_warns_nothing(no_deprecations, tiny_tokenizer, tmp_path):
+    from k2hf.finetune.launch import run as train
     from k2hf.finetune.recipe import load_recipe
-    from k2hf.finetune.train import train
     from k2hf.tiny import build_tiny_k2
 
     build_tiny_k2(tiny_tokenizer, seed=3).save_pretrained(tmp_path / "base")

@@ -275,7 +275,7 @@ def test_tiny_end_to_end_sft_trains_saves_reloads_and_chats(base_model, tmp_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from k2hf.chat import generate_reply
-    from k2hf.finetune.train import train
+    from k2hf.finetune.launch import run as train
 
     data = tmp_path / "one.jsonl"
     data.write_text(json.dumps({"messages": TAUGHT}) + "\n")

@@ -52,3 +52,34 @@ def test_the_installed_wheel_runs_without_the_checkout(wheel_bin, tmp_path):
     prepared = run("k2hf", "data", "prepare", "--config", "mine/sample.yaml", "--out", "data")
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     assert (tmp_path / "data" / "manifest.json").is_file() and "in 4 chunks" in prepared.stdout
+
+
+def test_recipes_list_copy_and_path(tmp_path, capsys):
+    from k2hf import cli
+    from k2hf.bundled import find_recipe, list_recipes
+
+    names = [r.name for r in list_recipes()]
+    assert {"data/sample", "pretrain/tiny_stage1", "pretrain/k2_65b_stage1", "accelerate/zero3", "sft/tiny",
+            "sft/k2_chat_1031"} <= set(names)
+    folders = ("pretrain/configs", "pretrain/configs/data", "pretrain/accelerate", "finetune/recipes")
+    yamls = {p for folder in folders for p in (REPO_ROOT / folder).glob("*.yaml")}
+    assert len(names) == len(yamls) == 17 and {r.path for r in list_recipes()} == yamls  # every one, once
+    assert find_recipe("zero3") == find_recipe("accelerate/zero3.yaml")  # unique short names work too
+    assert cli.main(["recipes", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "# SFT recipe (k2hf sft --recipe)" in listed and "sft/tiny " in listed
+    assert cli.main(["recipes", "copy", "sft/tiny", str(tmp_path / "mine")]) == 0
+    copy = tmp_path / "mine" / "tiny.yaml"
+    assert copy.read_bytes() == (REPO_ROOT / "finetune" / "recipes" / "tiny.yaml").read_bytes()
+    assert cli.main(["recipes", "copy", "sft/tiny", str(tmp_path / "mine")]) == 2  # never over the user's edits
+    assert cli.main(["recipes", "copy", "sft/tiny", str(tmp_path / "mine"), "--overwrite"]) == 0
+    from k2hf.finetune.recipe import load_recipe
+
+    recipe = load_recipe(copy)  # the copy still finds the shipped sample data
+    assert recipe.sources[0].paths == ["k2hf:sample_data/sft/openhermes.jsonl"]
+    from k2hf.finetune.sources import resolve_paths
+
+    (found,) = resolve_paths(recipe.sources[0].paths, recipe.base_dir)
+    assert found == str(REPO_ROOT / "k2hf" / "sample_data" / "sft" / "openhermes.jsonl")
+    assert cli.main(["recipes", "path", "accelerate/zero3"]) == 0
+    assert capsys.readouterr().out.strip().endswith("pretrain/accelerate/zero3.yaml")

@@ -146,6 +146,21 @@ class PreparedData:
             for p in self.chunk(chunk).pieces_of(row)
         ]
 
+    def describe_row_text(self, chunk: int, row: int) -> str:
+        """A row decoded piece by piece, each under a line saying where it came from (``k2hf data inspect``)."""
+        ids = self.chunk(chunk).row(row)
+        tokenizer = self.tokenizer()
+        lines = [f"chunk {chunk} row {row} ({len(ids)} tokens)"]
+        for piece in self.describe_row(chunk, row):
+            a, b = piece["position"]
+            known = ", ".join(f"{label} {piece[key]}" for key, label in (
+                ("repeat_pass", "pass"), ("fim", "fim"), ("document_tokens", "document tokens"))
+                if piece[key] is not None)
+            lines.append(f"--- [{a}:{b}] {piece['subset']} {piece['source']} "
+                         f"{_where(piece['source'], piece['record'])} ({known})")
+            lines.append(tokenizer.decode(ids[a:b]))
+        return "\n".join(lines)
+
     def verify(self) -> list[str]:
         """Re-hash every file and re-check every count; returns the problems found (empty = verified)."""
         problems = []
@@ -186,3 +201,10 @@ class PreparedData:
         if sha256_file(token_path) != m.tokenizer.sha256:
             problems.append("tokenizer.json: sha256 mismatch")
         return problems
+
+
+def _where(source: str, record: int) -> str:
+    """Positions shown to people are 1-based, like editors' line numbers: ``line 81`` of a text/JSONL file (the
+    stored, 0-based record index 80), ``record 81`` of any other source."""
+    unit = "line" if source.endswith((".jsonl", ".json", ".txt")) else "record"
+    return f"{unit} {record + 1}"

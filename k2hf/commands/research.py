@@ -1,0 +1,156 @@
+"""The research suite: ``k2hf checkpoints list``, ``k2hf analyze memorization``, ``k2hf eval run | sweep``,
+``k2hf gallery``, ``k2hf report energy``."""
+
+from __future__ import annotations
+
+import argparse
+
+from k2hf.indices import index_list_arg
+
+from ._common import given
+
+CHECKPOINTS_HELP = "all (chunk checkpoints; the default), or numbers, ranges and names: 1,5,9 / 1-4 / step_0000012"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ckpts = sub.add_parser("checkpoints", help="checkpoints of a run dir or Hub repo").add_subparsers(
+        dest="checkpoints_command", required=True)
+    ckpt_list = ckpts.add_parser("list", help="name, global step, tokens seen and chunk trained last, in order")
+    ckpt_list.add_argument("source", help="a pretraining run dir, a model dir, or a Hub repo id (e.g. LLM360/K2)")
+    ckpt_list.add_argument("--preset", help="chunk order of a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
+    ckpt_list.set_defaults(func=_checkpoints_list)
+
+    analyze = sub.add_parser("analyze", help="research analyses across checkpoints").add_subparsers(
+        dest="analyze_command", required=True)
+    mem = analyze.add_parser("memorization", help="memorization score of training rows across checkpoints "
+                             "(LLM360 paper 4.3)")
+    mem.add_argument("--model", required=True, help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
+    mem.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
+    mem.add_argument("--data", help="prepared or imported data the rows come from (default for a run dir: its data)")
+    mem.add_argument("--chunks", type=index_list_arg, help="chunks to draw rows from, e.g. 3,4 (default: those the "
+                     "first checkpoint trained on)")
+    mem.add_argument("--samples", type=int, help="rows per checkpoint (default: 1000, as Analysis360)")
+    mem.add_argument("--seed", type=int, help="default: 42")
+    mem.add_argument("--prompt-tokens", type=int, help="default: 32")
+    mem.add_argument("--continuation-tokens", type=int, help="default: 32")
+    mem.add_argument("--batch-size", type=int, help="default: 64")
+    mem.add_argument("--include-untrained", action="store_true", help="also rows the checkpoint has not trained on")
+    mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
+    mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
+    mem.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    mem.add_argument("--out", required=True)
+    mem.set_defaults(func=_memorization)
+
+    ev = sub.add_parser("eval", help="lm-evaluation-harness on one model (run) or on every checkpoint (sweep)")
+    runs = ev.add_subparsers(dest="eval_command", required=True)
+    run = runs.add_parser("run", help="evaluate one model (a model dir, or a Hub id with --revision)")
+    run.add_argument("model", help="a model dir or Hub id")
+    run.add_argument("--revision", help="Hub revision, e.g. ckpt_120")
+    sweep = runs.add_parser("sweep", help="evaluate every checkpoint of a run dir or Hub repo (resumable)")
+    sweep.add_argument("source", help="a run dir or a Hub repo (e.g. LLM360/K2)")
+    sweep.add_argument("--every", type=int, help="every K-th checkpoint (default: every one)")
+    sweep.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
+    for parser in (run, sweep):
+        parser.add_argument("--tasks", required=True, help="comma-separated harness tasks (k2hf_mc, k2hf_text "
+                            "offline)")
+        parser.add_argument("--num-fewshot", type=int)
+        parser.add_argument("--limit", type=int, help="documents per task (for quick looks)")
+        parser.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
+        parser.add_argument("--batch-size", type=int, help="default: 1")
+        parser.add_argument("--out", required=True)
+    run.set_defaults(func=_eval_run)
+    sweep.set_defaults(func=_eval_sweep)
+
+    gallery = sub.add_parser("gallery", help="every checkpoint's outputs on the same prompts and items, as one "
+                             "static HTML page")
+    gallery.add_argument("source", help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
+    gallery.add_argument("--prompts", required=True, help=".txt (one prompt per line) or JSONL with `prompt`")
+    gallery.add_argument("--eval-items", help="JSONL multiple-choice items: question, choices, answer")
+    gallery.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
+    gallery.add_argument("--max-new-tokens", type=int, help="default: 32")
+    gallery.add_argument("--temperature", type=float, help="0 = greedy (the default); > 0 samples with --seed")
+    gallery.add_argument("--seed", type=int, help="default: 0")
+    gallery.add_argument("--out", required=True)
+    gallery.set_defaults(func=_gallery)
+
+    report = sub.add_parser("report", help="reports: energy and carbon").add_subparsers(dest="report_command",
+                                                                                      required=True)
+    energy = report.add_parser("energy", help="energy (MWh) and carbon (tCO2eq) of a training (K2 paper, section 5)")
+    energy.add_argument("run", nargs="?", help="a pretraining run dir (GPU-hours from its step records)")
+    energy.add_argument("--gpus", type=int)
+    energy.add_argument("--days", type=float)
+    energy.add_argument("--gpu-hours", type=float)
+    energy.add_argument("--kw-per-gpu", type=float, help="default: A100's 0.34, as in the K2 paper")
+    energy.add_argument("--pue", type=float, help="default: the K2 paper's 1.1")
+    energy.add_argument("--t-per-mwh", type=float, help="tCO2eq per MWh (default: the K2 paper's 0.385)")
+    energy.set_defaults(func=_energy)
+
+
+def _checkpoints_list(args: argparse.Namespace) -> int:
+    from k2hf.checkpoints import list_checkpoints, table
+    from k2hf.release import order_preset
+
+    print(table(list_checkpoints(args.source, order=order_preset(args.preset) if args.preset else None)))
+    return 0
+
+
+def _memorization(args: argparse.Namespace) -> int:
+    from k2hf.analysis.memorization import MemorizationConfig, analyze_memorization, summary_table
+
+    config = MemorizationConfig(include_untrained=args.include_untrained, **given(
+        args, "prompt_tokens", "continuation_tokens", "samples", "seed", "batch_size"))
+    summary = analyze_memorization(args.model, args.out, data=args.data, chunks=args.chunks, config=config,
+                                   order=args.preset, device=args.device, **given(args, "checkpoints", "dtype"))
+    print(summary_table(summary))
+    print(f"scores, summary and plots -> {args.out}")
+    return 0
+
+
+def _harness_options(args: argparse.Namespace) -> tuple[list[str], dict]:
+    tasks = [t for t in args.tasks.split(",") if t]
+    return tasks, {"num_fewshot": args.num_fewshot, "limit": args.limit, "include_path": args.include_path,
+                   **given(args, "batch_size")}
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    from k2hf.analysis.evaluation import results_lines, run_eval
+
+    tasks, options = _harness_options(args)
+    record = run_eval(args.model, tasks, args.out, revision=args.revision, **options)
+    print(results_lines(record))
+    print(f"results: {args.out}/results.json")
+    return 0
+
+
+def _eval_sweep(args: argparse.Namespace) -> int:
+    from k2hf.analysis.evaluation import sweep
+
+    tasks, options = _harness_options(args)
+    path = sweep(args.source, tasks, args.out, **given(args, "every", "checkpoints"), **options)
+    print(f"sweep: {path} and {path.with_name('sweep.png')}")
+    return 0
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from k2hf.analysis.gallery import GalleryConfig, build_gallery, read_items, read_prompts
+
+    config = GalleryConfig(**given(args, "max_new_tokens", "temperature", "seed"))
+    page = build_gallery(args.source, args.out, read_prompts(args.prompts),
+                         read_items(args.eval_items) if args.eval_items else None, config=config,
+                         **given(args, "checkpoints"))
+    print(f"gallery: {page} (and gallery.jsonl beside it)")
+    return 0
+
+
+def _energy(args: argparse.Namespace) -> int:
+    from k2hf.analysis.energy import Energy, gpu_hours, run_energy
+    from k2hf.errors import UserError
+
+    factors = given(args, "kw_per_gpu", "pue", "t_per_mwh")
+    if args.run is None:
+        print(Energy(gpu_hours(args.gpus, args.days, args.gpu_hours), **factors).report())
+        return 0
+    if args.gpus is not None or args.days is not None or args.gpu_hours is not None:
+        raise UserError("a run dir brings its own GPU-hours: drop --gpus/--days/--gpu-hours")
+    print(run_energy(args.run, **factors).report())
+    return 0
