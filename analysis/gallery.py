@@ -12,7 +12,7 @@ import html
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 import k2hf.checkpoints as checkpoints_api
 from k2hf.errors import UserError
+from k2hf.recipes import RecipeError, Section
 from k2hf.records import Rejection, read_records
 
 from .memorization import select_checkpoints
@@ -29,10 +30,15 @@ GALLERY_HTML = "gallery.html"
 
 
 @dataclass
-class GalleryConfig:
-    max_new_tokens: int = 32
-    temperature: float = 0.0  # 0 = greedy
-    seed: int = 0
+class GalleryConfig(Section):
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens each checkpoint continues a prompt with"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples with --seed"})
+    seed: int = field(default=0, metadata={"help": "the sampling seed"})
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0:
+            raise RecipeError(f"--max-new-tokens must be >= 1 and --temperature >= 0 (got {self.max_new_tokens}, "
+                              f"{self.temperature})")
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

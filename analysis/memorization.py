@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from k2hf.formats import RunDir
 from k2hf.indices import parse_selection
 from k2hf.modeling import CACHE_ARG
 from k2hf.pretrain.data.reader import PreparedData
+from k2hf.recipes import RecipeError, Section
 from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
 
 from .run_record import RunRecord
@@ -42,15 +43,20 @@ CORRELATION = "score_correlation.png"
 
 
 @dataclass
-class MemorizationConfig:
+class MemorizationConfig(Section):
     """Analysis360's defaults: 32-token prompt, 32 greedy tokens, 1000 rows per checkpoint, seed 42."""
 
-    prompt_tokens: int = 32
-    continuation_tokens: int = 32
-    samples: int = 1000
-    seed: int = 42
-    batch_size: int = 64
-    include_untrained: bool = False  # also draw rows the checkpoint has not trained on (a control group)
+    prompt_tokens: int = field(default=32, metadata={"help": "the row's first tokens, given as the prompt"})
+    continuation_tokens: int = field(default=32, metadata={"help": "greedy tokens compared with the row's own"})
+    samples: int = field(default=1000, metadata={"help": "rows per checkpoint (Analysis360's count)"})
+    seed: int = field(default=42, metadata={"help": "which rows are drawn"})
+    batch_size: int = field(default=64, metadata={"help": "rows decoded at once"})
+    include_untrained: bool = field(default=False, metadata={
+        "help": "also draw rows the checkpoint has not trained on (a control group)"})
+
+    def validate(self) -> None:
+        if self.prompt_tokens < 1 or self.continuation_tokens < 1 or self.samples < 1 or self.batch_size < 1:
+            raise RecipeError("prompt and continuation lengths, --samples and --batch-size must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -161,8 +167,6 @@ def analyze_memorization(
     behind a Hub repo's ``ckpt_N`` (default for ``LLM360/K2``: K2's).
     """
     config = config or MemorizationConfig()
-    if config.prompt_tokens < 1 or config.continuation_tokens < 1 or config.samples < 1:
-        raise UserError("prompt and continuation lengths and --samples must be >= 1")
     order = order_preset(order) if isinstance(order, str) else order
     available = checkpoints_api.list_checkpoints(source, order=order)
     selected = select_checkpoints(available, checkpoints)

@@ -54,10 +54,10 @@ def peak_rss_mb() -> float:
 
 
 def run_k2hf(files: list[str], tokenizer_dir: Path, out: Path, workers: int, seq_len: int) -> dict:
-    from k2hf.pretrain.data.config import data_config_from_dict
+    from k2hf.pretrain.data.config import DataConfig
     from k2hf.pretrain.data.prepare import prepare
 
-    config = data_config_from_dict({
+    config = DataConfig.from_dict({
         "tokenizer": str(tokenizer_dir), "seq_len": seq_len, "num_chunks": 16, "num_workers": workers,
         "subsets": [{"name": "web", "paths": files}],
     })

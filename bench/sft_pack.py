@@ -39,10 +39,10 @@ def make_conversations(path: Path, n: int, seed: int = 0) -> None:
 
 def run_k2hf(data: Path, base: Path, out: Path, workers: int, n: int) -> dict:
     from k2hf.finetune.packing import pack
-    from k2hf.finetune.recipe import recipe_from_dict
+    from k2hf.finetune.recipe import SFTRecipe
 
     num_proc = int(os.environ.get("K2HF_BENCH_NUM_PROC", workers))
-    recipe = recipe_from_dict({"model": str(base), "output_dir": str(out), "max_length": 8192, "num_proc": num_proc,
+    recipe = SFTRecipe.from_dict({"model": str(base), "output_dir": str(out), "max_length": 8192, "num_proc": num_proc,
                                "sources": [{"name": "synthetic", "kind": "messages", "paths": [str(data)]}]})
     start = time.perf_counter()
     report = pack(recipe, out / "packed", progress=False)

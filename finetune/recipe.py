@@ -12,20 +12,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from k2hf.errors import UserError
-from k2hf.recipes import PACKAGE_PREFIX, build_section, check_field_types, load_yaml_recipe, recipe_path
+from k2hf.recipes import Recipe, RecipeError, Section
 
 from .sources import ADAPTERS
 
 
-class RecipeError(UserError):
-    """An SFT recipe that cannot run, found before any work."""
-
-
 @dataclass
-class SourceSpec:
+class SourceSpec(Section):
     name: str
     kind: str  # a key of finetune.sources.ADAPTERS (openhermes, flan, glaive_function_calling, ...)
     paths: list[str] = field(default_factory=list)
@@ -34,9 +29,24 @@ class SourceSpec:
     weight: float | None = None  # alternatively a share of `total`
     options: dict[str, Any] = field(default_factory=dict)  # adapter options, e.g. response_column
 
+    @classmethod
+    def label(cls, raw: dict[str, Any], path: str) -> str:
+        return f"source {raw.get('name')!r}"
+
+    def validate(self) -> None:
+        where = f"source {self.name!r}"
+        if self.kind not in ADAPTERS:
+            raise RecipeError(f"{where}: kind must be one of {sorted(ADAPTERS)} (got {self.kind!r})")
+        if bool(self.paths) == bool(self.hub):
+            raise RecipeError(f"{where}: give exactly one of `paths` or `hub`")
+        if self.target is not None and self.weight is not None:
+            raise RecipeError(f"{where}: give `target` or `weight`, not both")
+        if self.target is not None and self.target < 0 or self.weight is not None and self.weight < 0:
+            raise RecipeError(f"{where}: target/weight must be >= 0")
+
 
 @dataclass
-class LoraSpec:
+class LoraSpec(Section):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -46,7 +56,9 @@ class LoraSpec:
 
 
 @dataclass
-class SFTRecipe:
+class SFTRecipe(Recipe):
+    WHAT: ClassVar[str] = "SFT recipe"
+
     model: str
     output_dir: str
     sources: list[SourceSpec]
@@ -63,11 +75,6 @@ class SFTRecipe:
     lora: LoraSpec | None = None
     base_dir: str = "."
 
-    def resolve(self, path: str | None) -> str | None:
-        if path is None or not (path.startswith(PACKAGE_PREFIX) or _looks_local(path, self.base_dir)):
-            return path  # a Hub repo id
-        return recipe_path(path, self.base_dir)
-
     @property
     def packed_path(self) -> Path:
         return Path(self.resolve(self.packed_dir) or Path(self.resolve(self.output_dir)) / "packed")
@@ -78,57 +85,32 @@ class SFTRecipe:
         data = {k: v for k, v in asdict(self).items() if k not in not_data}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
+    def validate(self) -> None:
+        from k2hf.token_layouts import LAYOUTS
 
-def _looks_local(path: str, base_dir: str) -> bool:
-    return path.startswith((".", "/")) or os.path.exists(os.path.join(base_dir, path))
+        for required in ("model", "output_dir", "sources"):
+            if not getattr(self, required):
+                raise RecipeError(f"SFT recipe needs `{required}`")
+        if self.layout is not None and not (self.layout in LAYOUTS and LAYOUTS[self.layout].has_chat):
+            chat = [name for name, layout in LAYOUTS.items() if layout.has_chat]
+            raise RecipeError(f"layout must be one of {chat} (got {self.layout!r})")
+        if self.layout is not None and not LAYOUTS[self.layout].has_tools:
+            tool_sources = [s.name for s in self.sources if s.kind == "glaive_function_calling"]
+            if tool_sources:
+                raise RecipeError(f"sources {tool_sources} are function calling, which layout {self.layout!r} has "
+                                  "no tool tokens for: use layout k2_chat")
+        if self.max_length < 16:
+            raise RecipeError(f"max_length must be >= 16 (got {self.max_length})")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"source names must be unique (got {names})")
+        for s in self.sources:
+            if s.weight is not None and not self.total:
+                raise RecipeError(f"source {s.name!r} has a weight: set the recipe's `total` (conversations in all)")
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SFTRecipe:
     """Read a YAML recipe; ``overrides`` use dotted keys (``train.max_steps``) and win over the file."""
-    return recipe_from_dict(load_yaml_recipe(path, overrides, RecipeError, "SFT recipe"))
+    return SFTRecipe.load(path, overrides)
 
 
-def recipe_from_dict(raw: dict[str, Any]) -> SFTRecipe:
-    raw = dict(raw)
-    unknown = set(raw) - set(SFTRecipe.__dataclass_fields__)
-    if unknown:
-        raise RecipeError(f"unknown SFT recipe keys {sorted(unknown)}; known: {sorted(SFTRecipe.__dataclass_fields__)}")
-    for required in ("model", "output_dir", "sources"):
-        if not raw.get(required):
-            raise RecipeError(f"SFT recipe needs `{required}`")
-    sources = [build_section(SourceSpec, e, RecipeError, f"source {e.get('name')!r}") for e in raw.pop("sources")]
-    lora = raw.pop("lora", None)
-    lora = build_section(LoraSpec, lora, RecipeError, "lora") if lora else None
-    recipe = SFTRecipe(sources=sources, lora=lora, **raw)
-    check_field_types(recipe, RecipeError)
-    _validate(recipe)
-    return recipe
-
-
-def _validate(recipe: SFTRecipe) -> None:
-    from k2hf.token_layouts import LAYOUTS
-
-    if recipe.layout is not None and not (recipe.layout in LAYOUTS and LAYOUTS[recipe.layout].has_chat):
-        chat = [name for name, layout in LAYOUTS.items() if layout.has_chat]
-        raise RecipeError(f"layout must be one of {chat} (got {recipe.layout!r})")
-    if recipe.layout is not None and not LAYOUTS[recipe.layout].has_tools:
-        tool_sources = [s.name for s in recipe.sources if s.kind == "glaive_function_calling"]
-        if tool_sources:
-            raise RecipeError(f"sources {tool_sources} are function calling, which layout {recipe.layout!r} has no "
-                              "tool tokens for: use layout k2_chat")
-    if recipe.max_length < 16:
-        raise RecipeError(f"max_length must be >= 16 (got {recipe.max_length})")
-    names = [s.name for s in recipe.sources]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"source names must be unique (got {names})")
-    for s in recipe.sources:
-        if s.kind not in ADAPTERS:
-            raise RecipeError(f"source {s.name!r}: kind must be one of {sorted(ADAPTERS)} (got {s.kind!r})")
-        if bool(s.paths) == bool(s.hub):
-            raise RecipeError(f"source {s.name!r}: give exactly one of `paths` or `hub`")
-        if s.target is not None and s.weight is not None:
-            raise RecipeError(f"source {s.name!r}: give `target` or `weight`, not both")
-        if s.target is not None and s.target < 0 or s.weight is not None and s.weight < 0:
-            raise RecipeError(f"source {s.name!r}: target/weight must be >= 0")
-        if s.weight is not None and not recipe.total:
-            raise RecipeError(f"source {s.name!r} has a weight: set the recipe's `total` (conversations in all)")

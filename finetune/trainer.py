@@ -35,7 +35,7 @@ def build_model(recipe: SFTRecipe):
         bits = {"4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16},
                 "8bit": {"load_in_8bit": True}}[recipe.lora.quantize]
         kwargs["quantization_config"] = BitsAndBytesConfig(**bits)
-    return K2ForCausalLM.from_pretrained(recipe.resolve(recipe.model), **kwargs)
+    return K2ForCausalLM.from_pretrained(recipe.resolve_model(recipe.model), **kwargs)
 
 
 def peft_config(recipe: SFTRecipe):
@@ -92,8 +92,8 @@ def check_model_fits(recipe: SFTRecipe) -> None:
     from k2hf.checkpoints import check_model_dir
     from k2hf.modeling import K2Config
 
-    check_model_dir(recipe.resolve(recipe.model), tokenizer=False)
-    positions = K2Config.from_pretrained(recipe.resolve(recipe.model)).max_position_embeddings
+    check_model_dir(recipe.resolve_model(recipe.model), tokenizer=False)
+    positions = K2Config.from_pretrained(recipe.resolve_model(recipe.model)).max_position_embeddings
     if recipe.max_length > positions:
         raise RecipeError(f"max_length {recipe.max_length} exceeds the model's max_position_embeddings {positions}: "
                           "start from a checkpoint with more positions (K2's stage 2 has 8192) or lower max_length")
@@ -106,7 +106,7 @@ def train(recipe: SFTRecipe) -> Path:
     check_model_fits(recipe)
     dataset, report = load_packed(recipe)
     tokenizer = load_sft_tokenizer(recipe)
-    rows = K2Config.from_pretrained(recipe.resolve(recipe.model)).vocab_size
+    rows = K2Config.from_pretrained(recipe.resolve_model(recipe.model)).vocab_size
     if len(tokenizer) > rows:  # a base tokenizer extended to a chat layout must fit the embedding
         raise RecipeError(f"the {len(tokenizer)}-token tokenizer does not fit the model's {rows} embedding rows: "
                           "start from a checkpoint with more rows (K2 has 32032) or a smaller layout")

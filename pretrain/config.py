@@ -8,19 +8,14 @@ is left). Anything that does not divide fails before the model is built, with th
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
-from k2hf.errors import UserError
-from k2hf.recipes import build_section, check_field_types, load_yaml_recipe, recipe_path
-
-
-class TrainConfigError(UserError):
-    """A pretraining recipe that cannot run, found before any compute."""
+from k2hf.recipes import Recipe, RecipeError, Section
 
 
 @dataclass
-class ModelSection:
+class ModelSection(Section):
     """Which K2 to train: a preset (+ overrides), or ``init_from`` a checkpoint (stage 2 starts from stage 1)."""
 
     preset: Literal["tiny", "k2_65b", "k2_chat_65b"] = "k2_65b"
@@ -36,7 +31,7 @@ class ModelSection:
 
 
 @dataclass
-class OptimSection:
+class OptimSection(Section):
     """AdamW + warmup + cosine (stage 1: 1.5e-4 -> 1.5e-5) or linear-to-zero (stage 2: 1e-4 -> 0)."""
 
     lr: float = 1.5e-4
@@ -49,18 +44,28 @@ class OptimSection:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
 
+    def validate(self) -> None:
+        if not 0 <= self.min_lr <= self.lr:
+            raise RecipeError(f"need 0 <= optim.min_lr <= optim.lr (got {self.min_lr} and {self.lr})")
+        if self.warmup_steps < 0 or self.grad_clip <= 0:
+            raise RecipeError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
+
 
 @dataclass
-class CheckpointSection:
+class CheckpointSection(Section):
     """One checkpoint per chunk (``ckpt_001`` ...), optional mid-chunk ones every ``every_steps`` steps."""
 
     every_steps: int | None = None
     keep_chunk_checkpoints: int | None = None  # None = keep all (K2 released every one)
     keep_step_checkpoints: int = 2
 
+    def validate(self) -> None:
+        if self.every_steps is not None and self.every_steps < 1:
+            raise RecipeError("checkpoint.every_steps must be >= 1 (or null for chunk checkpoints only)")
+
 
 @dataclass
-class LogSection:
+class LogSection(Section):
     tensorboard: bool = True
     wandb: bool = False
     project: str = "k2hf-pretrain"
@@ -68,38 +73,42 @@ class LogSection:
 
 
 @dataclass
-class SpikeSection:
+class SpikeSection(Section):
     """Loss-spike detection and automatic rollback (see :mod:`k2hf.pretrain.spikes`)."""
 
     enabled: bool = False
-    window: int = 50
-    threshold: float = 6.0
-    min_delta: float = 0.1
-    recovery_steps: int = 20
-    malignant_steps: int = 100
+    window: int = field(default=50, metadata={"help": "steps of healthy loss the detector's baseline spans"})
+    threshold: float = field(default=6.0, metadata={"help": "a spike starts this many MAD-sigmas above baseline"})
+    min_delta: float = field(default=0.1, metadata={"help": "... and at least this much above it (nats)"})
+    recovery_steps: int = field(default=20, metadata={"help": "steps back near baseline that end a spike"})
+    malignant_steps: int = field(default=100, metadata={"help": "a spike lasting this long is malignant"})
     policy: Literal["defer_chunk", "skip_window", "reseed", "halt"] = "defer_chunk"
     max_rollbacks: int = 3
     # Drill only: until the first rollback this chunk reads as uniform random tokens, which drives a malignant
     # spike on purpose so that detection, rollback and every policy can be exercised end to end.
     drill_poison_chunk: int | None = None
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         """Settings the detector cannot work with fail here, wherever the section is built (recipe, CLI, demo)."""
         limits = {"window": 4, "recovery_steps": 1, "malignant_steps": 1, "max_rollbacks": 0}  # smallest allowed
         for name, smallest in limits.items():
             value = getattr(self, name)
-            if isinstance(value, int) and value < smallest:
+            if value < smallest:
                 why = " (the detector judges a loss only after 4 healthy ones)" if name == "window" else ""
-                raise TrainConfigError(f"spikes.{name} must be at least {smallest}{why}, got {value}")
-        for name in ("threshold", "min_delta"):
-            value = getattr(self, name)
-            if isinstance(value, int | float) and value < (0 if name == "min_delta" else 1e-12):
-                raise TrainConfigError(f"spikes.{name} must be {'>= 0' if name == 'min_delta' else '> 0'}, "
-                                       f"got {value}")
+                raise RecipeError(f"spikes.{name} must be at least {smallest}{why}, got {value}")
+        if self.threshold <= 0:
+            raise RecipeError(f"spikes.threshold must be > 0, got {self.threshold}")
+        if self.min_delta < 0:
+            raise RecipeError(f"spikes.min_delta must be >= 0, got {self.min_delta}")
+        if self.recovery_steps >= self.malignant_steps:
+            raise RecipeError(f"spikes.recovery_steps ({self.recovery_steps}) must be < spikes.malignant_steps "
+                              f"({self.malignant_steps})")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Recipe):
+    WHAT: ClassVar[str] = "pretraining config"
+
     data: str
     output_dir: str
     global_batch_tokens: int = 4 * 1024 * 1024
@@ -116,56 +125,14 @@ class TrainConfig:
     allow_data_change: bool = False
     base_dir: str = "."
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def resolve(self, path: str | None) -> str | None:
-        """A path from the recipe, relative to the recipe's folder."""
-        return None if path is None else recipe_path(path, self.base_dir)
-
-
-_SECTIONS = {"model": ModelSection, "optim": OptimSection, "checkpoint": CheckpointSection, "log": LogSection,
-             "spikes": SpikeSection}
-
-
-def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    raw = dict(raw)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise TrainConfigError(f"unknown pretraining config keys {sorted(unknown)}; known: {sorted(known)}")
-    for name, cls in _SECTIONS.items():
-        raw[name] = build_section(cls, raw.get(name) or {}, TrainConfigError, f"`{name}`")
-    for required in ("data", "output_dir"):
-        if required not in raw:
-            raise TrainConfigError(f"pretraining config needs `{required}`")
-    config = TrainConfig(**raw)
-    check_field_types(config, TrainConfigError)
-    _validate(config)
-    return config
+    def validate(self) -> None:
+        if self.micro_batch_size < 1 or self.global_batch_tokens < 1:
+            raise RecipeError("micro_batch_size and global_batch_tokens must be positive")
 
 
 def load_train_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML recipe; ``overrides`` use dotted keys (``optim.lr``) and win over the file."""
-    return train_config_from_dict(load_yaml_recipe(path, overrides, TrainConfigError, "pretraining config"))
-
-
-def _validate(config: TrainConfig) -> None:
-    o = config.optim
-    if config.micro_batch_size < 1 or config.global_batch_tokens < 1:
-        raise TrainConfigError("micro_batch_size and global_batch_tokens must be positive")
-    if not 0 <= o.min_lr <= o.lr:
-        raise TrainConfigError(f"need 0 <= optim.min_lr <= optim.lr (got {o.min_lr} and {o.lr})")
-    if o.warmup_steps < 0 or o.grad_clip <= 0:
-        raise TrainConfigError("optim.warmup_steps must be >= 0 and optim.grad_clip > 0")
-    sp = config.spikes
-    if sp.window < 4 or sp.malignant_steps < 1 or sp.recovery_steps < 1 or sp.threshold <= 0:
-        raise TrainConfigError("spikes: need window >= 4, malignant_steps >= 1, recovery_steps >= 1, threshold > 0")
-    if sp.recovery_steps >= sp.malignant_steps:
-        raise TrainConfigError(
-            f"spikes.recovery_steps ({sp.recovery_steps}) must be < spikes.malignant_steps ({sp.malignant_steps})")
-    if config.checkpoint.every_steps is not None and config.checkpoint.every_steps < 1:
-        raise TrainConfigError("checkpoint.every_steps must be >= 1 (or null for chunk checkpoints only)")
+    return TrainConfig.load(path, overrides)
 
 
 @dataclass(frozen=True)
@@ -187,19 +154,19 @@ class BatchGeometry:
 
 
 def batch_geometry(config: TrainConfig, seq_len: int, world_size: int) -> BatchGeometry:
-    """Derive the geometry, or raise :class:`TrainConfigError` naming what to change."""
+    """Derive the geometry, or raise :class:`~k2hf.recipes.RecipeError` naming what to change."""
     if config.global_batch_tokens % seq_len:
-        raise TrainConfigError(
+        raise RecipeError(
             f"global_batch_tokens ({config.global_batch_tokens}) must be a multiple of the data's seq_len ({seq_len})"
         )
     rows = config.global_batch_tokens // seq_len
     if rows % world_size:
-        raise TrainConfigError(
+        raise RecipeError(
             f"a global batch of {rows} rows does not split over {world_size} processes: make global_batch_tokens a "
             f"multiple of seq_len x world_size = {seq_len * world_size}"
         )
     if (rows // world_size) % config.micro_batch_size:
-        raise TrainConfigError(
+        raise RecipeError(
             f"{rows // world_size} rows per process is not a multiple of micro_batch_size "
             f"({config.micro_batch_size}); change micro_batch_size or global_batch_tokens"
         )

@@ -38,10 +38,11 @@ from k2hf.formats import (
 from k2hf.formats import SpikeAction as RecordedAction
 from k2hf.formats.prepared_data import MANIFEST
 from k2hf.modeling import K2Config, K2ForCausalLM
+from k2hf.recipes import RecipeError
 from k2hf.tokenizer import padded_vocab_rows
 
 from .checkpointing import Checkpointer
-from .config import BatchGeometry, TrainConfig, TrainConfigError, batch_geometry
+from .config import BatchGeometry, TrainConfig, batch_geometry
 from .data.reader import PreparedData
 from .monitoring import RunLogs, device_peak_tflops, flops_per_token, peak_memory_gb
 from .position import DataPosition, Step, poisoned_chunk
@@ -96,7 +97,7 @@ class Pretrainer:
         self.total_steps = self.position.planned_steps(config.max_steps)
         if self.total_steps == 0:
             rows = sorted({self.data.rows(c) for c in self.position.order})
-            raise TrainConfigError(
+            raise RecipeError(
                 f"this run has 0 planned steps: a step takes {self.geometry.global_rows} rows and the chunks hold "
                 f"{rows[0]}..{rows[-1]} rows: lower global_batch_tokens, or prepare more data"
                 if rows else "this run has 0 planned steps: the data has no chunk to train on")
@@ -130,12 +131,12 @@ class Pretrainer:
         if config.model.max_position_embeddings is not None:
             model_config.max_position_embeddings = config.model.max_position_embeddings
         if model_config.vocab_size < vocab:
-            raise TrainConfigError(
+            raise RecipeError(
                 f"model vocab_size {model_config.vocab_size} < tokenizer size {vocab}: set model.overrides.vocab_size"
             )
         self.data.check_readable(self.position.order)  # before any weight is built
         if model_config.max_position_embeddings < self.data.seq_len:
-            raise TrainConfigError(
+            raise RecipeError(
                 f"data seq_len {self.data.seq_len} exceeds max_position_embeddings "
                 f"{model_config.max_position_embeddings}: set model.max_position_embeddings"
             )
@@ -226,7 +227,7 @@ class Pretrainer:
         recorded = state.data_manifest_sha256  # None: a checkpoint from before this was recorded
         if recorded is None or recorded == self.data.manifest_sha256 or self.config.allow_data_change:
             return
-        raise TrainConfigError(
+        raise RecipeError(
             f"{self.data.path / MANIFEST} changed since {checkpoint.name} was saved (sha256 {recorded[:12]} -> "
             f"{self.data.manifest_sha256[:12]}): resuming would train on other rows. Point `data:` at the data this "
             "run started on, or rerun with --set allow_data_change=true to continue on the new data on purpose")

@@ -14,10 +14,11 @@ import pytest
 
 from conftest import REPO_ROOT
 from k2hf import cli
-from k2hf.pretrain.data.config import DataConfigError, data_config_from_dict, load_data_config
+from k2hf.pretrain.data.config import DataConfig, load_data_config
 from k2hf.pretrain.data.fim import PSM, SPM
 from k2hf.pretrain.data.prepare import prepare
 from k2hf.pretrain.data.reader import PreparedData
+from k2hf.recipes import RecipeError
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards",
          "quietly", "judge", "boxing", "matches", "at", "noon"]
@@ -69,7 +70,7 @@ def _config(root, **overrides):
         ],
     }
     raw.update(overrides)
-    return data_config_from_dict(raw)
+    return DataConfig.from_dict(raw)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +278,7 @@ def test_bad_input_skipped_counted_and_reconciled(corpus, tmp_path):
 )
 def test_config_errors_fail_before_any_work(corpus, tmp_path, overrides, message):
     root, _ = corpus
-    with pytest.raises(DataConfigError, match=message):
+    with pytest.raises(RecipeError, match=message):
         prepare(_config(root, **overrides), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
@@ -485,7 +486,7 @@ def test_executor_mistakes_are_one_line(corpus, tmp_path):
     with pytest.raises(Exception, match="--dry-run is for the slurm executor"):
         prepare(_config(root), tmp_path / "b", dry_run=True, progress=False)
     with pytest.raises(Exception, match=r"unknown slurm settings \['partitoin'\]"):
-        prepare(data_config_from_dict({**_config(root).to_dict(), "slurm": {"partitoin": "x"}}), tmp_path / "c",
+        prepare(DataConfig.from_dict({**_config(root).to_dict(), "slurm": {"partitoin": "x"}}), tmp_path / "c",
                 executor="slurm", progress=False)
 
 
@@ -518,7 +519,7 @@ def test_sources_by_fsspec_url_give_the_same_rows(corpus, prepared, tmp_path):
     local = _config(root).to_dict()
     subsets = [{**s, "paths": [f"memory://k2hf-corpus/{p}" if s["name"] != "wiki" else f"file://{root / p}"
                                for p in s["paths"]]} for s in local["subsets"]]
-    manifest = prepare(data_config_from_dict({**local, "subsets": subsets}), tmp_path / "url", progress=False)
+    manifest = prepare(DataConfig.from_dict({**local, "subsets": subsets}), tmp_path / "url", progress=False)
     assert manifest.subsets[0].sources == ["memory:///k2hf-corpus/web/part0.jsonl",
                                                  "memory:///k2hf-corpus/web/part1.jsonl"]
     for ours, reference in zip(manifest.chunks, data.manifest.chunks):

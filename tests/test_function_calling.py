@@ -314,9 +314,9 @@ def test_tiny_model_sft_on_glaive_calls_tools_through_the_parser(tiny_tokenizer,
 
 
 def _sft_recipe(tmp_path, tokenizer_dir, layout, kind="jiuzhang", name="jiuzhang.jsonl"):
-    from k2hf.finetune.recipe import recipe_from_dict
+    from k2hf.finetune.recipe import SFTRecipe
 
-    return recipe_from_dict({"model": str(tokenizer_dir), "output_dir": str(tmp_path / "sft"), "layout": layout,
+    return SFTRecipe.from_dict({"model": str(tokenizer_dir), "output_dir": str(tmp_path / "sft"), "layout": layout,
                              "max_length": 512, "num_proc": 1,
                              "sources": [{"name": "s", "kind": kind, "paths": [str(SAMPLES / name)]}]})
 

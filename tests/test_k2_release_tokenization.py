@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from k2hf.pretrain.data.config import DataConfigError, load_data_config
+from k2hf.pretrain.data.config import load_data_config
 from k2hf.pretrain.data.prepare import prepare
 from k2hf.pretrain.data.reader import PreparedData
+from k2hf.recipes import RecipeError
 from k2hf.sample_data import sample_texts
 from k2hf.tokenizer import K2_CODE_TOKENS, save_tokenizer
 
@@ -133,7 +134,7 @@ def test_k2_release_recipe_errors(tmp_path, tiny_tokenizer):
     recipe = _recipe(tmp_path, tmp_path / "tok", [["a b c"]])
     recipe["subsets"][0]["fim"] = True
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(DataConfigError, match="tokenization k2_release has no fill-in-the-middle"):
+    with pytest.raises(RecipeError, match="tokenization k2_release has no fill-in-the-middle"):
         load_data_config(tmp_path / "recipe.yaml")
-    with pytest.raises(DataConfigError, match=r"`tokenization` must be one of 'default', 'k2_release' \(got 'sent"):
+    with pytest.raises(RecipeError, match=r"`tokenization` must be one of 'default', 'k2_release' \(got 'sent"):
         load_data_config(tmp_path / "recipe.yaml", tokenization="sentencepiece")

@@ -7,7 +7,8 @@ from k2hf import cli
 from k2hf.analysis.order import ChunkOrder
 from k2hf.analysis.run_record import RunRecord
 from k2hf.errors import UserError
-from k2hf.pretrain.data.config import DataConfigError, data_config_from_dict
+from k2hf.pretrain.data.config import DataConfig
+from k2hf.recipes import RecipeError
 from k2hf.release import k2_chunk_order
 
 
@@ -45,13 +46,13 @@ def test_data_order_preset_cli_both_ways(capsys):
 def test_recipe_preset_and_its_errors():
     base = {"tokenizer": "sample", "subsets": [{"name": "web", "paths": ["web.jsonl"]}],
             "base_dir": str(REPO_ROOT / "k2hf/sample_data/pretrain")}
-    assert data_config_from_dict({**base, "chunk_order": "k2"}).resolved_order() == k2_chunk_order()
-    with pytest.raises(DataConfigError, match="'k3' is not a preset; known: \\['k2'\\]"):
-        data_config_from_dict({**base, "chunk_order": "k3"})
-    with pytest.raises(DataConfigError, match="either `defer` or a `chunk_order` preset"):
-        data_config_from_dict({**base, "chunk_order": "k2", "defer": [160]})
-    with pytest.raises(DataConfigError, match="must list each of the 4 chunks exactly once"):
-        data_config_from_dict({**base, "chunk_order": "k2", "num_chunks": 4})
+    assert DataConfig.from_dict({**base, "chunk_order": "k2"}).resolved_order() == k2_chunk_order()
+    with pytest.raises(RecipeError, match="'k3' is not a preset; known: \\['k2'\\]"):
+        DataConfig.from_dict({**base, "chunk_order": "k3"})
+    with pytest.raises(RecipeError, match="either `defer` or a `chunk_order` preset"):
+        DataConfig.from_dict({**base, "chunk_order": "k2", "defer": [160]})
+    with pytest.raises(RecipeError, match="must list each of the 4 chunks exactly once"):
+        DataConfig.from_dict({**base, "chunk_order": "k2", "num_chunks": 4})
 
 
 def test_prepared_data_answers_the_plan(sample_data, capsys):

@@ -16,11 +16,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO_ROOT
+from conftest import DRILL_SPIKES, REPO_ROOT
 from k2hf.formats import TRAINER_STATE, DataChanged, JsonlFile, RunDir, SpikeAction, spike_action
-from k2hf.pretrain.config import TrainConfigError, load_train_config
+from k2hf.pretrain.config import load_train_config
 from k2hf.pretrain.data.config import load_data_config
 from k2hf.pretrain.data.prepare import prepare
+from k2hf.recipes import RecipeError
 
 TRAIN_SCRIPT = str(REPO_ROOT / "pretrain" / "train.py")
 # a little wider than `tiny` so that steps take long enough to be interrupted mid-run
@@ -158,10 +159,8 @@ def test_kill_minus_9_then_resume_is_bitwise_exact(reference_runs, sample_data, 
 def test_spike_drill_rolls_back_the_same_way_under_two_processes(sample_data, tmp_path, engine):
     """The drill of tests/test_spikes.py (chunk 2 poisoned until the first rollback), launched on 2 processes:
     every rank takes the same decision from the all-reduced loss, and the run ends as the one-process run does."""
-    spikes = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
-              "malignant_steps": 4, "drill_poison_chunk": 2, "policy": "defer_chunk"}
     recipe = _recipe(tmp_path, sample_data / "stage1", name=engine, global_batch_tokens=128, micro_batch_size=1,
-                     model={"preset": "tiny", "overrides": {"vocab_size": "auto"}}, spikes=spikes,
+                     model={"preset": "tiny", "overrides": {"vocab_size": "auto"}}, spikes=DRILL_SPIKES,
                      log={"tensorboard": False})
     _launch(engine, recipe)
     run = tmp_path / engine
@@ -265,7 +264,7 @@ def test_stage1_to_stage2_handoff(sample_data, tmp_path):
 )
 def test_bad_recipes_fail_before_compute(sample_data, tmp_path, changes, message):
     recipe = _recipe(tmp_path, sample_data / "stage1", **changes)
-    with pytest.raises(TrainConfigError, match=message):
+    with pytest.raises(RecipeError, match=message):
         _train_in_process(recipe)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -320,7 +319,7 @@ def test_resume_onto_changed_data_is_refused_unless_allowed(sample_data, tmp_pat
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["chunk_order"] = list(reversed(manifest["chunk_order"]))  # as another recipe would prepare it
     (data / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(TrainConfigError, match=r"manifest.json changed since \w+ was saved .* "
+    with pytest.raises(RecipeError, match=r"manifest.json changed since \w+ was saved .* "
                                                r"allow_data_change=true"):
         _train_in_process(recipe, max_steps=6)
     _train_in_process(recipe, max_steps=6, allow_data_change=True)

@@ -151,11 +151,11 @@ def test_sft_packing_on_the_released_k2_chat_tokenizer(tmp_path):
     """SFT packing from a checkpoint whose tokenizer is the released file: rows match encode_chat, replies and
     calls labelled, the released layout recognised and kept."""
     from k2hf.finetune.packing import IGNORE, pack
-    from k2hf.finetune.recipe import recipe_from_dict
+    from k2hf.finetune.recipe import SFTRecipe
 
     samples = REPO_ROOT / "k2hf" / "sample_data" / "sft"
     released("k2_chat").save_pretrained(tmp_path / "released")
-    recipe = recipe_from_dict({
+    recipe = SFTRecipe.from_dict({
         "model": str(tmp_path / "released"), "output_dir": str(tmp_path / "sft"), "layout": "k2_chat",
         "max_length": 4096, "num_proc": 1,
         "sources": [{"name": "fc", "kind": "glaive_function_calling",

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from k2hf.analysis.gallery import GalleryConfig
+from k2hf.analysis.memorization import MemorizationConfig
 from k2hf.indices import index_list_arg
+from k2hf.recipes import add_section_flags, section_flags
 
 from ._common import given
 
@@ -29,12 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mem.add_argument("--data", help="prepared or imported data the rows come from (default for a run dir: its data)")
     mem.add_argument("--chunks", type=index_list_arg, help="chunks to draw rows from, e.g. 3,4 (default: those the "
                      "first checkpoint trained on)")
-    mem.add_argument("--samples", type=int, help="rows per checkpoint (default: 1000, as Analysis360)")
-    mem.add_argument("--seed", type=int, help="default: 42")
-    mem.add_argument("--prompt-tokens", type=int, help="default: 32")
-    mem.add_argument("--continuation-tokens", type=int, help="default: 32")
-    mem.add_argument("--batch-size", type=int, help="default: 64")
-    mem.add_argument("--include-untrained", action="store_true", help="also rows the checkpoint has not trained on")
+    add_section_flags(mem, MemorizationConfig)
     mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
     mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
     mem.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
@@ -67,9 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gallery.add_argument("--prompts", required=True, help=".txt (one prompt per line) or JSONL with `prompt`")
     gallery.add_argument("--eval-items", help="JSONL multiple-choice items: question, choices, answer")
     gallery.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
-    gallery.add_argument("--max-new-tokens", type=int, help="default: 32")
-    gallery.add_argument("--temperature", type=float, help="0 = greedy (the default); > 0 samples with --seed")
-    gallery.add_argument("--seed", type=int, help="default: 0")
+    add_section_flags(gallery, GalleryConfig)
     gallery.add_argument("--out", required=True)
     gallery.set_defaults(func=_gallery)
 
@@ -95,10 +91,9 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
 
 
 def _memorization(args: argparse.Namespace) -> int:
-    from k2hf.analysis.memorization import MemorizationConfig, analyze_memorization, summary_table
+    from k2hf.analysis.memorization import analyze_memorization, summary_table
 
-    config = MemorizationConfig(include_untrained=args.include_untrained, **given(
-        args, "prompt_tokens", "continuation_tokens", "samples", "seed", "batch_size"))
+    config = MemorizationConfig(**section_flags(args, MemorizationConfig))
     summary = analyze_memorization(args.model, args.out, data=args.data, chunks=args.chunks, config=config,
                                    order=args.preset, device=args.device, **given(args, "checkpoints", "dtype"))
     print(summary_table(summary))
@@ -132,9 +127,9 @@ def _eval_sweep(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from k2hf.analysis.gallery import GalleryConfig, build_gallery, read_items, read_prompts
+    from k2hf.analysis.gallery import build_gallery, read_items, read_prompts
 
-    config = GalleryConfig(**given(args, "max_new_tokens", "temperature", "seed"))
+    config = GalleryConfig(**section_flags(args, GalleryConfig))
     page = build_gallery(args.source, args.out, read_prompts(args.prompts),
                          read_items(args.eval_items) if args.eval_items else None, config=config,
                          **given(args, "checkpoints"))

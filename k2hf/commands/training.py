@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 
 from k2hf.finetune.launch import SFT
+from k2hf.pretrain.config import SpikeSection
 from k2hf.pretrain.launch import PRETRAINING
+from k2hf.recipes import add_section_flags, section_flags
 
 from ._common import add_overrides
+
+DETECTOR_SETTINGS = ["window", "threshold", "min_delta", "recovery_steps", "malignant_steps"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,10 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     analyze = spikes.add_parser("analyze", help="table + PNG of benign/malignant spikes of a run or a CSV/JSONL curve")
     analyze.add_argument("source", help="a pretraining run dir, or a CSV/JSONL with step, loss, grad_norm")
     analyze.add_argument("--out", help="PNG path (default: spikes_analysis.png beside the source)")
-    for flag, kind in (("--window", int), ("--threshold", float), ("--min-delta", float), ("--recovery-steps", int),
-                       ("--malignant-steps", int)):
-        analyze.add_argument(flag, type=kind, help="default: the run's own setting (recorded at its start), else "
-                             "the pretraining recipe's `spikes:` default")
+    add_section_flags(analyze, SpikeSection, DETECTOR_SETTINGS,
+                      default_note="default: the run's own setting, recorded at its start, else {default}")
     analyze.set_defaults(func=_spikes_analyze)
 
 
@@ -52,8 +54,7 @@ def _sft_pack(args: argparse.Namespace) -> int:
 def _spikes_analyze(args: argparse.Namespace) -> int:
     from k2hf.pretrain.spikes import analysis_settings, analyze, format_table
 
-    config = analysis_settings(args.source, window=args.window, threshold=args.threshold, min_delta=args.min_delta,
-                               recovery_steps=args.recovery_steps, malignant_steps=args.malignant_steps)
+    config = analysis_settings(args.source, **section_flags(args, SpikeSection, DETECTOR_SETTINGS))
     spikes, png = analyze(args.source, config, args.out)
     print(format_table(spikes))
     if png:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
-from k2hf.errors import UserError
 from k2hf.formats.prepared_data import is_url
-from k2hf.recipes import build_section, check_field_types, load_yaml_recipe, recipe_path
+from k2hf.recipes import Recipe, RecipeError, Section, recipe_path
 from k2hf.records import EXTENSION_FORMATS
 from k2hf.release import ORDER_PRESETS, order_preset
 
@@ -25,20 +24,21 @@ _EXTENSION_FORMATS = {k: v for k, v in EXTENSION_FORMATS.items() if v in FORMATS
 EXECUTION_KEYS = ("num_workers", "slurm")
 
 
-class DataConfigError(UserError):
-    """A data recipe that cannot be prepared, found before any work starts."""
-
-
 @dataclass
-class FimConfig:
+class FimConfig(Section):
     """Fill-in-the-middle for code (K2: rate 0.5, half of those in SPM order), as in StarCoder."""
 
     rate: float = 0.5
     spm_rate: float = 0.5
 
+    def validate(self) -> None:
+        for name, value in (("fim.rate", self.rate), ("fim.spm_rate", self.spm_rate)):
+            if not 0.0 <= value <= 1.0:
+                raise RecipeError(f"{name} must be in [0, 1] (got {value})")
+
 
 @dataclass
-class SubsetConfig:
+class SubsetConfig(Section):
     """One named source of documents.
 
     Local data: ``paths`` (files or globs; ``.jsonl``/``.json``, ``.parquet``, ``.txt`` = one document per file).
@@ -54,11 +54,28 @@ class SubsetConfig:
     repeat: float = 1.0
     fim: bool = False
 
+    @classmethod
+    def label(cls, raw: dict[str, Any], path: str) -> str:
+        return f"subset {raw.get('name')!r}"
+
+    def validate(self) -> None:
+        where = f"subset {self.name!r}"
+        if self.repeat < 0:
+            raise RecipeError(f"{where}: repeat must be a number >= 0 (got {self.repeat!r})")
+        if bool(self.paths) == bool(self.hub):
+            raise RecipeError(f"{where}: give exactly one of `paths` (local files) or `hub` (a Hub dataset)")
+        if self.hub is not None:
+            if "path" not in self.hub:
+                raise RecipeError(f"{where}: `hub` needs `path` (a dataset id such as allenai/c4)")
+            self.format = "hub"
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Recipe):
     """The whole recipe. ``chunk_order`` is the training order of chunks: a list, a preset name (``k2``: K2's
     real order, 360 chunks), or by default 0..N-1 with ``defer`` moved last."""
+
+    WHAT: ClassVar[str] = "data config"
 
     subsets: list[SubsetConfig]
     tokenizer: str
@@ -75,9 +92,6 @@ class DataConfig:
     # how `--executor slurm` submits (partition, time, cpus_per_task, job_name, env_command, ...); flags override
     slurm: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def data_dict(self) -> dict[str, Any]:
         """The recipe without how it is run (workers, Slurm settings): what decides the output's bytes."""
@@ -96,80 +110,50 @@ class DataConfig:
         return [c for c in range(self.num_chunks) if c not in deferred] + deferred
 
 
-def load_data_config(path: str | os.PathLike, **overrides: Any) -> DataConfig:
-    """Read a YAML recipe (relative paths are relative to the YAML file) and validate it."""
-    raw = load_yaml_recipe(path, {k: v for k, v in overrides.items() if v is not None}, DataConfigError, "data config")
-    return data_config_from_dict(raw)
-
-
-def data_config_from_dict(raw: dict[str, Any]) -> DataConfig:
-    """Build and validate a :class:`DataConfig` from plain data (e.g. parsed YAML)."""
-    raw = dict(raw)
-    known = set(DataConfig.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise DataConfigError(f"unknown data config keys {sorted(unknown)}; known keys: {sorted(known)}")
-    if "subsets" not in raw or not raw["subsets"]:
-        raise DataConfigError("data config needs at least one entry under `subsets`")
-    if "tokenizer" not in raw:
-        raise DataConfigError("data config needs `tokenizer`: a K2 tokenizer dir, or `sample` for the demo tokenizer")
-    subsets = [build_section(SubsetConfig, e, DataConfigError, f"subset {e.get('name')!r}") for e in raw.pop("subsets")]
-    fim = build_section(FimConfig, raw.pop("fim", None) or {}, DataConfigError, "fim")
-    config = DataConfig(subsets=subsets, fim=fim, **raw)
-    check_field_types(config, DataConfigError)
-    validate(config)
-    return config
-
-
-def validate(config: DataConfig) -> None:
-    """Raise :class:`DataConfigError` for anything that would fail later."""
-    if not isinstance(config.seq_len, int) or config.seq_len < 2:
-        raise DataConfigError(f"seq_len must be an integer >= 2 (got {config.seq_len!r})")
-    if not isinstance(config.num_chunks, int) or config.num_chunks < 1:
-        raise DataConfigError(f"num_chunks must be an integer >= 1 (got {config.num_chunks!r})")
-    if config.tokenization == "k2_release" and any(s.fim for s in config.subsets):
-        raise DataConfigError("tokenization k2_release has no fill-in-the-middle (K2 chose FIM per row with a "
+    def validate(self) -> None:
+        """Anything that would fail later fails here, before any work (the subsets' files are looked up too)."""
+        if not self.subsets:
+            raise RecipeError("data config needs at least one entry under `subsets`")
+        if self.seq_len < 2:
+            raise RecipeError(f"seq_len must be an integer >= 2 (got {self.seq_len!r})")
+        if self.num_chunks < 1:
+            raise RecipeError(f"num_chunks must be an integer >= 1 (got {self.num_chunks!r})")
+        if self.tokenization == "k2_release" and any(s.fim for s in self.subsets):
+            raise RecipeError("tokenization k2_release has no fill-in-the-middle (K2 chose FIM per row with a "
                               "wall-clock seed; its released rows are the record: import them with "
                               "`k2hf data import-k2`): set `fim: false`")
-    if config.num_workers < 1:
-        raise DataConfigError(f"num_workers must be >= 1 (got {config.num_workers})")
-    for name, value in (("fim.rate", config.fim.rate), ("fim.spm_rate", config.fim.spm_rate)):
-        if not 0.0 <= value <= 1.0:
-            raise DataConfigError(f"{name} must be in [0, 1] (got {value})")
-    names = [s.name for s in config.subsets]
-    if len(set(names)) != len(names):
-        raise DataConfigError(f"subset names must be unique (got {names})")
-    for subset in config.subsets:
-        _validate_subset(subset, config.base_dir)
-    if isinstance(config.chunk_order, str):
-        if config.chunk_order not in ORDER_PRESETS:
-            raise DataConfigError(f"chunk_order {config.chunk_order!r} is not a preset; known: {sorted(ORDER_PRESETS)}"
+        if self.num_workers < 1:
+            raise RecipeError(f"num_workers must be >= 1 (got {self.num_workers})")
+        names = [s.name for s in self.subsets]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"subset names must be unique (got {names})")
+        for subset in self.subsets:
+            if subset.hub is None:
+                _check_files(subset, self.base_dir)
+        if isinstance(self.chunk_order, str):
+            if self.chunk_order not in ORDER_PRESETS:
+                raise RecipeError(f"chunk_order {self.chunk_order!r} is not a preset; known: {sorted(ORDER_PRESETS)}"
                                   " (or give a list of chunk indices)")
-        if config.defer:
-            raise DataConfigError("give either `defer` or a `chunk_order` preset, not both (the preset is the order)")
-    order = config.resolved_order()
-    if sorted(order) != list(range(config.num_chunks)):
-        raise DataConfigError(
-            f"chunk_order/defer must list each of the {config.num_chunks} chunks exactly once (got {order[:10]}...)"
-        )
+            if self.defer:
+                raise RecipeError("give either `defer` or a `chunk_order` preset, not both (the preset is the order)")
+        order = self.resolved_order()
+        if sorted(order) != list(range(self.num_chunks)):
+            raise RecipeError(
+                f"chunk_order/defer must list each of the {self.num_chunks} chunks exactly once (got {order[:10]}...)"
+            )
 
 
-def _validate_subset(subset: SubsetConfig, base_dir: str) -> None:
-    where = f"subset {subset.name!r}"
-    if not isinstance(subset.repeat, (int, float)) or subset.repeat < 0:
-        raise DataConfigError(f"{where}: repeat must be a number >= 0 (got {subset.repeat!r})")
-    if bool(subset.paths) == bool(subset.hub):
-        raise DataConfigError(f"{where}: give exactly one of `paths` (local files) or `hub` (a Hub dataset)")
-    if subset.hub is not None:
-        if "path" not in subset.hub:
-            raise DataConfigError(f"{where}: `hub` needs `path` (a dataset id such as allenai/c4)")
-        subset.format = "hub"
-        return
-    files = resolve_files(subset, base_dir)
-    for file in files:
-        file_format = subset.format or _EXTENSION_FORMATS.get(Path(file).suffix)
-        if file_format is None:
-            raise DataConfigError(f"{where}: cannot tell the format of {file}; set `format:` ({FORMATS[:3]})")
+def load_data_config(path: str | os.PathLike, **overrides: Any) -> DataConfig:
+    """Read a YAML recipe (relative paths are relative to the YAML file); ``overrides`` (top-level keys, as the
+    CLI's flags give them; None = not given) win over the file."""
+    return DataConfig.load(path, {k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_files(subset: SubsetConfig, base_dir: str) -> None:
+    for file in resolve_files(subset, base_dir):
+        if (subset.format or _EXTENSION_FORMATS.get(Path(file).suffix)) is None:
+            raise RecipeError(f"subset {subset.name!r}: cannot tell the format of {file}; set `format:` "
+                              f"({FORMATS[:3]})")
 
 
 def _resolve_url(subset: SubsetConfig, pattern: str) -> list[str]:
@@ -179,7 +163,7 @@ def _resolve_url(subset: SubsetConfig, pattern: str) -> list[str]:
     matched = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
     matched = [m for m in matched if not fs.isdir(m)]
     if not matched:
-        raise DataConfigError(f"subset {subset.name!r}: {pattern!r} matches no file")
+        raise RecipeError(f"subset {subset.name!r}: {pattern!r} matches no file")
     return [fs.unstrip_protocol(m) for m in matched]
 
 
@@ -193,7 +177,7 @@ def resolve_files(subset: SubsetConfig, base_dir: str) -> list[str]:
             continue
         matched = sorted(glob.glob(recipe_path(pattern, base_dir), recursive=True))
         if not matched:
-            raise DataConfigError(f"subset {subset.name!r}: {pattern!r} matches no file (looked in {base_dir})")
+            raise RecipeError(f"subset {subset.name!r}: {pattern!r} matches no file (looked in {base_dir})")
         # directories are not documents; anything else (even a broken link) is read and reported if unreadable
         files.extend(os.path.normpath(m) for m in matched if not os.path.isdir(m))
     return files

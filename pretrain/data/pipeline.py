@@ -57,8 +57,9 @@ from k2hf.formats.prepared_data import (
     remove_unlisted_remote,
     sha256_file,
 )
+from k2hf.recipes import RecipeError
 
-from .config import DataConfig, DataConfigError
+from .config import DataConfig
 from .shards import Shard, ShardJob, build_shard, shard_is_done
 
 logger = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ def write_manifest(run: PrepareRun) -> Manifest:
     if manifest.total_rows == 0:
         tokens = ", ".join(f"{s.name} {s.tail_tokens_dropped} tokens from {s.documents_read} documents"
                            for s in manifest.subsets)
-        raise DataConfigError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
+        raise RecipeError(f"the mixture yields no row of {config.seq_len} tokens ({tokens}): add documents or "
                               "lower seq_len")
     manifest.write(stage)
     publish(stage, run.out, MANIFEST)  # last: the chunks it lists are in place
