@@ -1,5 +1,9 @@
 """``k2hf sft pack``: sources -> K2-Chat conversations -> ids + assistant-only labels -> 8K packed rows.
 
+:func:`pack` runs five stages, one function each: :func:`read_sources` (read + validate, rejections counted by
+reason), :func:`draw_mixture` (each source's target, seeded), :func:`encode_drawn` (worker processes),
+:func:`pack_rows` (Arrow + TRL's packing) and :func:`save_packed` (atomic, with ``report.json``).
+
 * Conversations are encoded structurally (:func:`k2hf.chat_template.encode_chats_arrays`): message text can
   never become a control token, and labels are the ids on each reply and its eos, -100 elsewhere (system,
   user, control tokens and ``<|endofchat|>``).
@@ -24,7 +28,9 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -68,7 +74,7 @@ def load_sft_tokenizer(recipe: SFTRecipe):
     from k2hf.token_layouts import DEFAULT_LAYOUT, LayoutError, detect_layout
     from k2hf.tokenizer import build_k2_tokenizer
 
-    source = recipe.resolve(recipe.tokenizer or recipe.model)
+    source = recipe.resolve_model(recipe.tokenizer or recipe.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     found = detect_layout(tokenizer)
     if found == "k2":
@@ -82,11 +88,28 @@ def load_sft_tokenizer(recipe: SFTRecipe):
     return apply_chat_template_to(tokenizer)
 
 
-def collect(recipe: SFTRecipe, progress: bool = True, tool_tokens: bool = True
-            ) -> tuple[list[tuple[int, int, list]], list[dict]]:
-    """Read, adapt and sample every source. Returns the selected ``(source, record, messages)`` and per-source
-    reports (read / rejected by reason / valid / drawn)."""
-    pools, reports = [], []
+@dataclass
+class SourcePool:
+    """Stage 1's result for one source: its valid conversations (``(record, conversation)``) and its report
+    (files, read, rejected by reason with examples, valid; stage 2 adds what was drawn)."""
+
+    valid: list[tuple[int, list]]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One conversation the mixture drew: its source (index in the recipe), record and messages."""
+
+    source: int
+    record: int
+    conversation: list
+
+
+def read_sources(recipe: SFTRecipe, progress: bool = True, tool_tokens: bool = True) -> list[SourcePool]:
+    """Stage 1, read + validate: every record of every source, adapted to a K2-Chat conversation or rejected
+    with its reason (``strict``: the first rejection stops the work)."""
+    pools = []
     for spec in recipe.sources:
         paths = resolve_paths(spec.paths, recipe.base_dir) if spec.paths else None
         valid: list[tuple[int, list]] = []
@@ -96,29 +119,37 @@ def collect(recipe: SFTRecipe, progress: bool = True, tool_tokens: bool = True
         for record, item in tqdm(read_rows(paths, spec.hub), desc=f"read {spec.name}", unit="conv",
                                  disable=not progress):
             read += 1
-            try:
-                if isinstance(item, Rejection):
-                    raise item
-                valid.append((record, to_conversation(spec.kind, item[1], spec.options, tool_tokens)))
-            except Rejection as error:
-                if recipe.strict:
-                    where = f"source {spec.name!r} record {record + 1}"
-                    raise StrictModeError(f"{where}: {error.reason}: {error}") from None
-                rejected[error.reason] += 1
-                if len(examples) < 5:
-                    examples.append(f"record {record + 1}: {error.reason}: {error}")  # 1-based, as lines are
-        pools.append(valid)
-        reports.append({"name": spec.name, "kind": spec.kind, "sources": paths or [f"hub:{spec.hub['path']}"],
-                        "read": read, "rejected": dict(rejected), "reject_examples": examples, "valid": len(valid)})
+            rejection = item if isinstance(item, Rejection) else None
+            if rejection is None:
+                try:
+                    valid.append((record, to_conversation(spec.kind, item[1], spec.options, tool_tokens)))
+                    continue
+                except Rejection as error:
+                    rejection = error
+            if recipe.strict:
+                raise StrictModeError(f"source {spec.name!r} record {record + 1}: {rejection.reason}: {rejection}")
+            rejected[rejection.reason] += 1
+            if len(examples) < 5:
+                examples.append(f"record {record + 1}: {rejection.reason}: {rejection}")  # 1-based, as lines are
+        pools.append(SourcePool(valid, {
+            "name": spec.name, "kind": spec.kind, "sources": paths or [f"hub:{spec.hub['path']}"], "read": read,
+            "rejected": dict(rejected), "reject_examples": examples, "valid": len(valid)}))
+    return pools
+
+
+def draw_mixture(recipe: SFTRecipe, pools: list[SourcePool]) -> list[Drawn]:
+    """Stage 2: each source's target count (given, or its weight's share of ``total``), drawn with its own seed
+    (up-sampling repeats, down-sampling picks distinct ones); each pool's report records what was drawn."""
     weights_sum = sum(s.weight or 0.0 for s in recipe.sources)
-    selected = []
-    for s_index, (spec, pool, report) in enumerate(zip(recipe.sources, pools, reports)):
-        count = target_count(spec.target, spec.weight, recipe.total, weights_sum, len(pool))
-        picks = sample_indices(len(pool), count, seed=recipe.seed + s_index)
-        selected.extend((s_index, pool[i][0], pool[i][1]) for i in picks)
+    drawn = []
+    for s_index, (spec, pool) in enumerate(zip(recipe.sources, pools)):
+        count = target_count(spec.target, spec.weight, recipe.total, weights_sum, len(pool.valid))
+        picks = sample_indices(len(pool.valid), count, seed=recipe.seed + s_index)
+        drawn.extend(Drawn(s_index, *pool.valid[i]) for i in picks)
         distinct = len(np.unique(picks))
-        report.update(target=count, drawn=int(len(picks)), distinct_drawn=distinct, not_drawn=len(pool) - distinct)
-    return selected, reports
+        pool.report.update(target=count, drawn=int(len(picks)), distinct_drawn=distinct,
+                           not_drawn=len(pool.valid) - distinct)
+    return drawn
 
 
 def encode_conversations(tokenizer, conversations: list[list], max_length: int, policy: str,
@@ -209,90 +240,123 @@ def _encode_job(args: tuple) -> list[tuple]:
     return encode_conversations(_WORKER_TOKENIZER, conversations, max_length, policy, validated=True)
 
 
-def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Do all the data work of the recipe into ``out`` (default: the recipe's packed dir); returns the report."""
+def encode_drawn(tokenizer, conversations: list[list], recipe: SFTRecipe, progress: bool = True
+                 ) -> list[list[tuple]]:
+    """Stage 3: every conversation to ``(input_ids, labels, status)`` pieces (:func:`encode_conversations`), in
+    batches over ``num_proc`` worker processes."""
+    batches = [(conversations[i : i + ENCODE_BATCH], recipe.max_length, recipe.overlong)
+               for i in range(0, len(conversations), ENCODE_BATCH)]
+    encoded: list[list[tuple]] = []
+    with tqdm(total=len(conversations), desc="encode", unit="conv", disable=not progress) as bar:
+        if recipe.num_proc > 1 and len(batches) > 1:
+            # forked workers inherit the tokenizer (no pickling round trip); elsewhere it is sent once per worker
+            fork = "fork" in multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if fork else None)
+            _init_worker(tokenizer) if fork else None
+            initargs = () if fork else (tokenizer,)
+            with ProcessPoolExecutor(recipe.num_proc, mp_context=context, initializer=_init_worker if not fork else
+                                     _no_parallelism, initargs=initargs) as pool:
+                for result in pool.map(_encode_job, batches):
+                    encoded.extend(result)
+                    bar.update(len(result))
+        else:
+            for conv_batch, max_length, policy in batches:
+                result = encode_conversations(tokenizer, conv_batch, max_length, policy, validated=True)
+                encoded.extend(result)
+                bar.update(len(result))
+    return encoded
+
+
+@dataclass
+class Documents:
+    """The pieces that go into rows (ids and labels per document), with per-source counts for the report."""
+
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]
+    statuses: list[Counter]  # per source: kept / truncated / split / dropped
+    tools: list[Counter]  # per source: tool calls, results, call tokens trained
+
+
+def documents_of(drawn: list[Drawn], encoded: list[list[tuple]], tokenizer, sources: int) -> Documents:
+    """The documents to pack, in the drawn order; every piece counted under its source."""
+    docs = Documents([], [], [Counter() for _ in range(sources)], [Counter() for _ in range(sources)])
+    call_ids = tokenizer.convert_tokens_to_ids([TOOL_CALL_START, TOOL_CALL_END])
+    for item, pieces in zip(drawn, encoded):
+        tools = docs.tools[item.source]
+        tools.update(tool_counts(item.conversation))
+        for ids, labels, status in pieces:
+            docs.statuses[item.source][status] += 1
+            if len(ids):
+                docs.input_ids.append(ids)
+                docs.labels.append(labels)
+                if tools["tool_calls"] and tokenizer.unk_token_id not in call_ids:
+                    tools["tool_call_tokens_trained"] += trained_tool_call_tokens(ids, labels, *call_ids)
+    return docs
+
+
+def pack_rows(docs: Documents, max_length: int):
+    """Stage 4: the documents as one Arrow table, packed into rows by TRL's best-fit-decreasing (``seq_lengths``
+    per row)."""
     import pyarrow as pa
     from datasets import Dataset
     from trl import pack_dataset
 
-    out = Path(out) if out is not None else recipe.packed_path
-    started = time.perf_counter()
-    tokenizer = load_sft_tokenizer(recipe)
-    selected, source_reports = collect(recipe, progress, tool_tokens=has_tool_tokens(tokenizer))
-    conversations = [messages for _, _, messages in selected]
-    batches = [(conversations[i : i + ENCODE_BATCH], recipe.max_length, recipe.overlong)
-               for i in range(0, len(conversations), ENCODE_BATCH)]
-    bar = tqdm(total=len(conversations), desc="encode", unit="conv", disable=not progress)
-    encoded: list[list[tuple]] = []
-    if recipe.num_proc > 1 and len(batches) > 1:
-        # forked workers inherit the tokenizer (no pickling round trip); elsewhere it is sent once per worker
-        fork = "fork" in multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if fork else None)
-        _init_worker(tokenizer) if fork else None
-        initargs = () if fork else (tokenizer,)
-        with ProcessPoolExecutor(recipe.num_proc, mp_context=context, initializer=_init_worker if not fork else
-                                 _no_parallelism, initargs=initargs) as pool:
-            for result in pool.map(_encode_job, batches):
-                encoded.extend(result)
-                bar.update(len(result))
-    else:
-        for conv_batch, max_length, policy in batches:
-            result = encode_conversations(tokenizer, conv_batch, max_length, policy, validated=True)
-            encoded.extend(result)
-            bar.update(len(result))
-    bar.close()
-
-    statuses = [Counter() for _ in recipe.sources]
-    tools = [Counter() for _ in recipe.sources]
-    call_ids = tokenizer.convert_tokens_to_ids([TOOL_CALL_START, TOOL_CALL_END])
-    input_ids, labels = [], []
-    for (s_index, _, conversation), pieces in zip(selected, encoded):
-        tools[s_index].update(tool_counts(conversation))
-        for ids, lab, status in pieces:
-            statuses[s_index][status] += 1
-            if len(ids):
-                input_ids.append(ids)
-                labels.append(lab)
-                if tools[s_index]["tool_calls"] and tokenizer.unk_token_id not in call_ids:
-                    tools[s_index]["tool_call_tokens_trained"] += trained_tool_call_tokens(ids, lab, *call_ids)
-    if not input_ids:
-        read = ", ".join(f"{r['name']}: {r['read']} read, rejected {dict(r['rejected']) or 'none'}"
-                         for r in source_reports)
-        raise EmptyMixtureError(f"the SFT mixture has no conversation to train on ({read}): check the sources' "
-                                "paths, kinds and fields, or the `overlong` policy")
-    offsets = np.zeros(len(input_ids) + 1, dtype=np.int64)
-    np.cumsum([len(ids) for ids in input_ids], out=offsets[1:])
-    flat_ids = np.concatenate(input_ids) if input_ids else np.zeros(0, np.int32)
-    flat_labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+    offsets = np.zeros(len(docs.input_ids) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in docs.input_ids], out=offsets[1:])
+    flat_ids, flat_labels = np.concatenate(docs.input_ids), np.concatenate(docs.labels)
     table = pa.table({"input_ids": pa.LargeListArray.from_arrays(offsets, flat_ids).cast(pa.list_(pa.int32())),
                       "labels": pa.LargeListArray.from_arrays(offsets, flat_labels).cast(pa.list_(pa.int32()))})
-    packed = pack_dataset(Dataset(table), seq_length=recipe.max_length, strategy="bfd")
+    return pack_dataset(Dataset(table), seq_length=max_length, strategy="bfd")
+
+
+def save_packed(out: Path, packed, report: dict, tokenizer) -> None:
+    """Stage 5: the rows, ``report.json`` and the tokenizer, written to a temp dir and renamed into place."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     packed.save_to_disk(str(tmp / DATASET))
-    for report, counts in zip(source_reports, tools):
-        report["tools"] = {key: counts[key] for key in ("tool_calls", "tool_results", "tool_call_tokens_trained")}
-    report = _report(recipe, source_reports, statuses, packed, len(input_ids), time.perf_counter() - started)
     (tmp / REPORT).write_text(json.dumps(report, indent=1))
     save_tokenizer(tokenizer, tmp / "tokenizer")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def pack(recipe: SFTRecipe, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Do all the data work of the recipe into ``out`` (default: the recipe's packed dir); returns the report.
+
+    Read + validate -> draw the mixture -> encode -> pack -> save with the report, one stage after the other."""
+    out = Path(out) if out is not None else recipe.packed_path
+    started = time.perf_counter()
+    tokenizer = load_sft_tokenizer(recipe)
+    pools = read_sources(recipe, progress, tool_tokens=has_tool_tokens(tokenizer))
+    drawn = draw_mixture(recipe, pools)
+    encoded = encode_drawn(tokenizer, [d.conversation for d in drawn], recipe, progress)
+    docs = documents_of(drawn, encoded, tokenizer, len(recipe.sources))
+    if not docs.input_ids:
+        read = ", ".join(f"{p.report['name']}: {p.report['read']} read, rejected {p.report['rejected'] or 'none'}"
+                         for p in pools)
+        raise EmptyMixtureError(f"the SFT mixture has no conversation to train on ({read}): check the sources' "
+                                "paths, kinds and fields, or the `overlong` policy")
+    packed = pack_rows(docs, recipe.max_length)
+    report = _report(recipe, pools, docs, packed, time.perf_counter() - started)
+    save_packed(out, packed, report, tokenizer)
     return report
 
 
-def _report(recipe, source_reports, statuses, packed, documents: int, seconds: float) -> dict:
+def _report(recipe: SFTRecipe, pools: list[SourcePool], docs: Documents, packed, seconds: float) -> dict:
     seq_lengths = packed["seq_lengths"]
     row_lengths = [sum(s) for s in seq_lengths]
-    label_column = packed.data.column("labels").combine_chunks()
-    label_values = label_column.values.to_numpy()
+    label_values = packed.data.column("labels").combine_chunks().values.to_numpy()
     tokens = int(sum(row_lengths))
     trained = int((label_values != IGNORE).sum())
-    for report, status in zip(source_reports, statuses):
-        conversations_drawn = report["drawn"]
+    source_reports = []
+    for pool, status, tools in zip(pools, docs.statuses, docs.tools):
+        report = pool.report
+        report["tools"] = {key: tools[key] for key in ("tool_calls", "tool_results", "tool_call_tokens_trained")}
         report["overlong"] = {k: v for k, v in status.items() if k != "kept"}
         report["documents_packed"] = sum(v for k, v in status.items() if k != "dropped")
         report["conversations_dropped"] = status.get("dropped", 0)
-        report["conversations_packed"] = conversations_drawn - status.get("dropped", 0)
+        report["conversations_packed"] = report["drawn"] - status.get("dropped", 0)
+        source_reports.append(report)
     return {
         "fingerprint": recipe.data_fingerprint(),
         "max_length": recipe.max_length,
@@ -306,7 +370,7 @@ def _report(recipe, source_reports, statuses, packed, documents: int, seconds: f
         "fill_ratio": tokens / (len(row_lengths) * recipe.max_length) if row_lengths else 0.0,
         "max_row_length": max(row_lengths, default=0),
         "seconds": round(seconds, 2),
-        "documents_encoded": documents,
+        "documents_encoded": len(docs.input_ids),
     }
 
 

@@ -55,6 +55,22 @@ def chat_tokenizer(tiny_tokenizer):
     return build_k2_tokenizer(LLAMA_SP_MODEL)
 
 
+TINY_VOCAB = 448  # the vocabulary of tiny models built without a tokenizer
+
+
+def tiny_k2(seed: int = 0, vocab: int = TINY_VOCAB, **overrides):
+    """A tiny random K2 (``K2Config.tiny``), seeded; ``overrides`` go to its config."""
+    from k2hf.modeling import K2Config, K2ForCausalLM
+
+    torch.manual_seed(seed)
+    return K2ForCausalLM(K2Config.tiny(vocab_size=vocab, **overrides))
+
+
+def random_ids(*shape: int, seed: int = 0, vocab: int = TINY_VOCAB) -> torch.Tensor:
+    """Seeded random token ids (never the special ids 0-2)."""
+    return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
     """A fresh random tiny K2 in fp32 eval mode."""
@@ -92,8 +108,15 @@ TAUGHT_CONVERSATION = [
 
 
 # ------------------------------------------------------------------ runs shared by the research-suite tests
-DRILL_SPIKES = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
-                "malignant_steps": 4, "drill_poison_chunk": 2, "policy": "defer_chunk"}
+def _drill_spikes() -> dict:
+    """The spike drill's settings, stated once, in the demo: detection sized for a 36-step run; chunk 2 poisoned
+    until the first rollback, which defers it."""
+    from k2hf.demo import DEMO_SPIKES, DRILL_CHUNK
+
+    return {"enabled": True, **DEMO_SPIKES, "drill_poison_chunk": DRILL_CHUNK, "policy": "defer_chunk"}
+
+
+DRILL_SPIKES = _drill_spikes()
 
 
 def marked_spans(ids, mask) -> list[list[int]]:

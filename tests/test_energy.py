@@ -1,11 +1,11 @@
 """Energy and carbon (K2 paper section 5): the paper's own figures, and a run's from its step records."""
 
-import json
 
 import pytest
 
 from k2hf import cli
 from k2hf.analysis.energy import Energy, gpu_hours, run_energy
+from k2hf.formats import RunDir
 
 
 @pytest.mark.parametrize("gpus, days, mwh, tco2", [
@@ -35,8 +35,7 @@ def test_gpu_hours_and_factors_directly(capsys):
 def test_run_energy_separates_rolled_back_steps(drill_run, capsys):
     """Device time = each step's seconds x processes, from metrics.jsonl; the 4 steps the drill's rollback took
     back (metrics_rolled_back.jsonl) are reported apart, as the paper reports K2's spike handling."""
-    kept = [json.loads(line) for line in (drill_run / "metrics.jsonl").read_text().splitlines()]
-    rolled = [json.loads(line) for line in (drill_run / "metrics_rolled_back.jsonl").read_text().splitlines()]
+    kept, rolled = RunDir(drill_run).metrics.read(), RunDir(drill_run).rolled_back.read()
     report = run_energy(drill_run, kw_per_gpu=0.4, pue=1.0)
     assert (report.steps, report.rolled_back_steps) == (36, 4)
     assert report.trained.gpu_hours == pytest.approx(sum(r["seconds"] * r["processes"] for r in kept) / 3600)

@@ -10,21 +10,18 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from conftest import TINY_VOCAB, random_ids, tiny_k2
 from k2hf import K2Config, K2ForCausalLM, K2Model
 from k2hf.checkpoints import CheckpointError
 from k2hf.conversion import export_to_llama, k2_to_llama_config
 from k2hf.tiny import build_tiny_k2
 
-VOCAB = 448
+VOCAB = TINY_VOCAB
+_ids = random_ids
 
 
 def _model(seed=0, **overrides) -> K2ForCausalLM:
-    torch.manual_seed(seed)
-    return K2ForCausalLM(K2Config.tiny(vocab_size=VOCAB, **overrides)).eval()
-
-
-def _ids(*shape, seed=0):
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+    return tiny_k2(seed, **overrides).eval()
 
 
 @pytest.fixture()

@@ -7,15 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO_ROOT
+from conftest import DRILL_SPIKES, train_tiny_run
 from k2hf import cli
-from k2hf.formats import JsonlFile, RunDir, SpikeAction, spike_action
-from k2hf.pretrain.config import SpikeSection, load_train_config
-from k2hf.pretrain.data.config import load_data_config
-from k2hf.pretrain.data.prepare import prepare
+from k2hf.formats import ChunkEnd, JsonlFile, RunDir, SpikeAction, spike_action
+from k2hf.pretrain.config import SpikeSection
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.pretrain.spikes import analyze, detect
 
@@ -78,39 +75,8 @@ def test_thresholds_are_respected():
 
 # ------------------------------------------------------------------ end-to-end drill (CPU, one process)
 
-DRILL = {"enabled": True, "window": 8, "threshold": 6.0, "min_delta": 0.3, "recovery_steps": 2,
-         "malignant_steps": 4, "drill_poison_chunk": 2}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("spike-data") / "sample"
-    prepare(load_data_config(REPO_ROOT / "pretrain/configs/data/sample.yaml"), out, progress=False)
-    return out
-
-
 def _run(tmp: Path, data: Path, name: str, spikes: dict | None) -> Path:
-    from k2hf.pretrain.launch import run
-    from k2hf.pretrain.trainer import reset_accelerate_state
-
-    recipe = {
-        "data": str(data), "output_dir": str(tmp / name), "global_batch_tokens": 128, "micro_batch_size": 1,
-        "precision": "fp32", "seed": 42, "model": {"preset": "tiny", "overrides": {"vocab_size": "auto"}},
-        "optim": {"lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2}, "log": {"tensorboard": False},
-    }
-    if spikes:
-        recipe["spikes"] = spikes
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    try:
-        run(load_train_config(path))
-    finally:
-        reset_accelerate_state()
-    return tmp / name
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return JsonlFile(path).read()
+    return train_tiny_run(data, tmp / name, **({"spikes": spikes} if spikes else {}))
 
 
 def _dataset_loss(checkpoint: Path, data: Path) -> float:
@@ -124,15 +90,15 @@ def _dataset_loss(checkpoint: Path, data: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def clean_run(data_dir, tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("clean"), data_dir, "clean", None)
+def clean_run(sample_data, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("clean"), sample_data, "clean", None)
 
 
-def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_run, tmp_path):
+def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(sample_data, clean_run, tmp_path):
     """How the drill injects it: `spikes.drill_poison_chunk: 2` makes chunk 2 read as uniform random tokens until
     the first rollback. Loss jumps ~2 nats above baseline and stays there -> malignant after 4 steps."""
-    run = _run(tmp_path, data_dir, "drill", {**DRILL, "policy": "defer_chunk"})
-    (event,) = _jsonl(run / "spikes.jsonl")
+    run = _run(tmp_path, sample_data, "drill", {**DRILL_SPIKES, "policy": "defer_chunk"})
+    (event,) = JsonlFile(run / "spikes.jsonl").read()
     assert (event["onset_step"], event["end_step"], event["class"]) == (19, 22, "malignant")
     assert event["action"] == {"kind": "rollback", "to": "ckpt_002", "policy": "defer_chunk"}  # structured on disk
     assert spike_action(event) == SpikeAction("rollback", to="ckpt_002", policy="defer_chunk")
@@ -141,10 +107,10 @@ def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_r
     evidence = run / "spikes" / "spike_001_step_0000022"
     assert json.loads((evidence / "trainer_state.json").read_text())["global_step"] == 22
     assert AutoModelForCausalLM.from_pretrained(evidence).config.model_type == "k2"
-    diverged = {r["step"]: r["loss"] for r in _jsonl(evidence / "metrics_diverged.jsonl")}
+    diverged = {r["step"]: r["loss"] for r in JsonlFile(evidence / "metrics_diverged.jsonl").read()}
     assert max(diverged[s] for s in range(19, 23)) == pytest.approx(event["peak_loss"])
     # the data-sequence log records the rollback and the new order; the effective sequence is what was trained
-    log = _jsonl(run / "data_sequence.jsonl")
+    log = JsonlFile(run / "data_sequence.jsonl").read()
     (rollback,) = [e for e in log if e.get("event") == "rollback"]
     assert (rollback["to_step"], rollback["to"], rollback["order"], rollback["evidence"]) == (
         18, "ckpt_002", [0, 1, 3, 2], "spikes/spike_001_step_0000022")
@@ -153,17 +119,17 @@ def test_drill_malignant_spike_rolls_back_and_defers_the_chunk(data_dir, clean_r
     assert [s.chunk for s in steps] == [0] * 9 + [1] * 9 + [3] * 9 + [2] * 9
     final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
     assert final["order"] == [0, 1, 3, 2] and final["rollbacks"] == 1 and final["global_step"] == 36
-    assert [r["step"] for r in _jsonl(run / "metrics.jsonl")] == list(range(1, 37))  # diverged steps replaced
+    assert [r["step"] for r in JsonlFile(run / "metrics.jsonl").read()] == list(range(1, 37))  # diverged steps replaced
     # the run ends where a clean run does: same rows, other order; loss over all rows within 0.15 nats
-    drill_loss = _dataset_loss(run / "checkpoints" / "ckpt_004", data_dir)
-    clean_loss = _dataset_loss(clean_run / "checkpoints" / "ckpt_004", data_dir)
+    drill_loss = _dataset_loss(run / "checkpoints" / "ckpt_004", sample_data)
+    clean_loss = _dataset_loss(clean_run / "checkpoints" / "ckpt_004", sample_data)
     assert abs(drill_loss - clean_loss) < 0.15, (drill_loss, clean_loss)
     assert not (clean_run / "spikes.jsonl").exists()
 
 
-def test_drill_skip_window_skips_the_spike_rows(data_dir, tmp_path):
-    run = _run(tmp_path, data_dir, "skip", {**DRILL, "policy": "skip_window"})
-    log = _jsonl(run / "data_sequence.jsonl")
+def test_drill_skip_window_skips_the_spike_rows(sample_data, tmp_path):
+    run = _run(tmp_path, sample_data, "skip", {**DRILL_SPIKES, "policy": "skip_window"})
+    log = JsonlFile(run / "data_sequence.jsonl").read()
     skips = [e for e in log if e.get("event") == "skip"]
     assert [(e["chunk"], e["rows"]) for e in skips] == [(2, [0, 2]), (2, [2, 4]), (2, [4, 6]), (2, [6, 8])]
     final = json.loads((run / "checkpoints" / "ckpt_004" / "trainer_state.json").read_text())
@@ -171,28 +137,28 @@ def test_drill_skip_window_skips_the_spike_rows(data_dir, tmp_path):
     assert [s.chunk for s in RunDir(run).live_steps()] == [0] * 9 + [1] * 9 + [2] * 5 + [3] * 9
 
 
-def test_drill_reseed_reshuffles_the_rest_of_the_chunk(data_dir, tmp_path):
-    run = _run(tmp_path, data_dir, "reseed", {**DRILL, "policy": "reseed"})
+def test_drill_reseed_reshuffles_the_rest_of_the_chunk(sample_data, tmp_path):
+    run = _run(tmp_path, sample_data, "reseed", {**DRILL_SPIKES, "policy": "reseed"})
     steps = RunDir(run).live_steps()
     chunk2 = [s for s in steps if s.chunk == 2]
     assert len(chunk2) == 9 and all(s.row_ids is not None for s in chunk2)
     ids = [i for s in chunk2 for i in s.row_ids]
     assert len(set(ids)) == 18 and set(ids) < set(range(19)) and ids != sorted(ids)  # distinct rows, new order
-    (end,) = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "chunk_end" and e["chunk"] == 2]
-    assert set(ids) | set(end["row_ids_not_trained"]) == set(range(19))
+    (end,) = [e for e in RunDir(run).events() if isinstance(e, ChunkEnd) and e.chunk == 2]
+    assert set(ids) | set(end.row_ids_not_trained) == set(range(19))
 
 
-def test_drill_halt_stops_and_reports(data_dir, tmp_path):
-    run = _run(tmp_path, data_dir, "halt", {**DRILL, "policy": "halt"})
-    (event,) = _jsonl(run / "spikes.jsonl")
+def test_drill_halt_stops_and_reports(sample_data, tmp_path):
+    run = _run(tmp_path, sample_data, "halt", {**DRILL_SPIKES, "policy": "halt"})
+    (event,) = JsonlFile(run / "spikes.jsonl").read()
     assert spike_action(event) == SpikeAction("halt", reason="policy halt")
-    halts = [e for e in _jsonl(run / "data_sequence.jsonl") if e.get("event") == "halt"]
+    halts = [e for e in JsonlFile(run / "data_sequence.jsonl").read() if e.get("event") == "halt"]
     assert halts and halts[0]["step"] == 22 and (run / "spikes" / "spike_001_step_0000022").is_dir()
-    assert max(r["step"] for r in _jsonl(run / "metrics.jsonl")) == 22
+    assert max(r["step"] for r in JsonlFile(run / "metrics.jsonl").read()) == 22
 
 
-def test_analyze_run_dir_and_csv(data_dir, tmp_path, capsys):
-    run = _run(tmp_path, data_dir, "drill", {**DRILL, "policy": "defer_chunk"})
+def test_analyze_run_dir_and_csv(sample_data, tmp_path, capsys):
+    run = _run(tmp_path, sample_data, "drill", {**DRILL_SPIKES, "policy": "defer_chunk"})
     evidence = run / "spikes" / "spike_001_step_0000022" / "metrics_diverged.jsonl"
     args = ["--window", "8", "--min-delta", "0.3", "--recovery-steps", "2", "--malignant-steps", "4"]
     assert cli.main(["spikes", "analyze", str(evidence), *args]) == 0
@@ -217,12 +183,12 @@ def test_analyze_run_dir_and_csv(data_dir, tmp_path, capsys):
 def test_rolled_back_steps_are_kept_and_analyzed(drill_run, capsys):
     """The rollback takes steps 19-22 out of metrics.jsonl (the model never kept them) but not out of the record:
     they move to metrics_rolled_back.jsonl, and `spikes analyze RUN_DIR` still finds the malignant spike there."""
-    rolled = _jsonl(drill_run / "metrics_rolled_back.jsonl")
+    rolled = JsonlFile(drill_run / "metrics_rolled_back.jsonl").read()
     assert [(r["step"], r["rollback"], r["chunk"]) for r in rolled] == [(s, 1, 2) for s in range(19, 23)]
     evidence = drill_run / "spikes/spike_001_step_0000022/metrics_diverged.jsonl"
-    diverged = {r["step"]: r["loss"] for r in _jsonl(evidence)}
+    diverged = {r["step"]: r["loss"] for r in JsonlFile(evidence).read()}
     assert [r["loss"] for r in rolled] == [diverged[s] for s in range(19, 23)]
-    assert [r["step"] for r in _jsonl(drill_run / "metrics.jsonl")] == list(range(1, 37))
+    assert [r["step"] for r in JsonlFile(drill_run / "metrics.jsonl").read()] == list(range(1, 37))
     args = ["--window", "8", "--min-delta", "0.3", "--recovery-steps", "2", "--malignant-steps", "4"]
     assert cli.main(["spikes", "analyze", str(drill_run), *args]) == 0
     out = capsys.readouterr().out
@@ -264,7 +230,7 @@ def test_checkpoints_of_the_diverged_timeline_move_into_the_evidence(drill_run):
 def test_analyze_uses_the_runs_own_settings_and_writes_beside_its_files(drill_run, capsys):
     """No flags: the detector settings the run recorded at its start (the drill's window 8, min delta 0.3, ...),
     not the recipe defaults, so the run's malignant spike is found; the run's own files are left as they were."""
-    start = _jsonl(drill_run / "data_sequence.jsonl")[0]
+    start = JsonlFile(drill_run / "data_sequence.jsonl").read()[0]
     assert start["event"] == "start" and start["spikes"]["window"] == 8 and start["spikes"]["min_delta"] == 0.3
     curves = drill_run / "training_curves.png"
     before = curves.read_bytes()

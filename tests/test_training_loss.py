@@ -5,19 +5,12 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from k2hf import K2Config, K2ForCausalLM
+from conftest import TINY_VOCAB, random_ids, tiny_k2
+from k2hf import K2Config
 from k2hf.conversion import k2_to_llama_config
 
-VOCAB = 448
-
-
-def _model(seed=0, **overrides) -> K2ForCausalLM:
-    torch.manual_seed(seed)
-    return K2ForCausalLM(K2Config.tiny(vocab_size=VOCAB, **overrides))
-
-
-def _ids(*shape, seed=0):
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+VOCAB = TINY_VOCAB
+_model, _ids = tiny_k2, random_ids  # training mode: a fresh module trains
 
 
 def _step(model, chunked: bool, **inputs):
