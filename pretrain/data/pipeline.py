@@ -29,6 +29,7 @@ evenly (per-subset chunk row counts differ by at most 1). Stage 3 shuffles each 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import math
@@ -124,11 +125,80 @@ class PlanStep(_PrepareStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         if rank == 0:
             plan = make_plan(self.run_spec)
-            _write_json_atomic(self.run_spec.plan_path, plan)
+            _write_json_atomic(self.run_spec.plan_path, plan.to_dict())
         yield from ()
 
 
-def make_plan(run: PrepareRun) -> dict:
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a token stream: shard ``job``'s instances of one repeat pass, from ``token_start`` on."""
+
+    job: int
+    repeat_pass: int
+    token_start: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One token stream cut into rows ``row_start .. row_start + rows`` of its subset."""
+
+    row_start: int
+    rows: int
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    """A subset's rows: dealt round-robin over the chunks from chunk ``offset`` on; its streams; its report."""
+
+    offset: int
+    rows: int
+    streams: list[StreamPlan]
+    report: SubsetReport
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stage 2's result (``plan.json``), read by every write task."""
+
+    seq_len: int
+    num_chunks: int
+    subsets: list[SubsetPlan]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Plan:
+        subsets = [SubsetPlan(s["offset"], s["rows"],
+                              [StreamPlan(t["row_start"], t["rows"], [Segment(**g) for g in t["segments"]])
+                               for t in s["streams"]], SubsetReport(**s["report"])) for s in raw["subsets"]]
+        return cls(raw["seq_len"], raw["num_chunks"], subsets)
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class StreamCounts:
+    """What a stream holds, and what of it falls into the partial row at its end (dropped)."""
+
+    rows: int = 0
+    instances: int = 0
+    fim: int = 0
+    first_pass: int = 0
+    tail_tokens: int = 0
+    tail_instances: int = 0
+    tail_fim: int = 0
+    tail_first_pass: int = 0
+
+    def __add__(self, other: StreamCounts) -> StreamCounts:
+        return StreamCounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+
+def make_plan(run: PrepareRun) -> Plan:
     """Per subset: its token streams (one, or one per file and pass for ``k2_release``), rows, chunk offset and
     report. Reads the shards' counts, and of the instance tables only the stretch a dropped partial row falls in."""
     config = run.config
@@ -138,57 +208,51 @@ def make_plan(run: PrepareRun) -> dict:
         mine = [(j, job) for j, job in enumerate(run.jobs) if job.subset_index == s_index]
         segments = [(p, j, job) for p in range(math.ceil(subset.repeat)) for j, job in mine]
         streams = [segments] if config.tokenization == "default" else [[s] for s in segments]
-        counts = {"rows": 0, "instances": 0, "fim": 0, "first_pass": 0, "tail_tokens": 0, "tail_instances": 0,
-                  "tail_fim": 0, "tail_first_pass": 0}
-        stream_plans = []
+        counts, stream_plans = StreamCounts(), []
         for stream in streams:
-            stream_plans.append(_plan_stream(stream, seq_len, counts["rows"], counts))
+            stream_plan, stream_counts = _plan_stream(stream, seq_len, row_start=counts.rows)
+            stream_plans.append(stream_plan)
+            counts += stream_counts
         offset = dealt % n
-        dealt += counts["rows"]
+        dealt += counts.rows
         stats = [Shard(job.out_dir).meta for _, job in mine]
-        subsets.append({
-            "offset": offset,
-            "rows": counts["rows"],
-            "streams": stream_plans,
-            "report": _subset_report(
-                subset, [job.source for _, job in mine], stats, rows=counts["rows"],
-                instances=counts["instances"] - counts["tail_instances"],
-                fim_instances=counts["fim"] - counts["tail_fim"], tokens_packed=counts["rows"] * seq_len,
-                tail_tokens=counts["tail_tokens"], documents_packed=counts["first_pass"] - counts["tail_first_pass"],
-                dropped_docs=counts["tail_first_pass"]),
-        })
-    return {"seq_len": seq_len, "num_chunks": n, "subsets": subsets}
+        report = _subset_report(
+            subset, [job.source for _, job in mine], stats, rows=counts.rows,
+            instances=counts.instances - counts.tail_instances, fim_instances=counts.fim - counts.tail_fim,
+            tokens_packed=counts.rows * seq_len, tail_tokens=counts.tail_tokens,
+            documents_packed=counts.first_pass - counts.tail_first_pass, dropped_docs=counts.tail_first_pass)
+        subsets.append(SubsetPlan(offset, counts.rows, stream_plans, report))
+    return Plan(seq_len, n, subsets)
 
 
-def _plan_stream(stream: list[tuple[int, int, ShardJob]], seq_len: int, row_start: int, counts: dict) -> dict:
+def _plan_stream(stream: list[tuple[int, int, ShardJob]], seq_len: int, row_start: int
+                 ) -> tuple[StreamPlan, StreamCounts]:
     """One token stream: its segments (a shard's instances of one pass), rows, and the dropped partial row."""
-    segments, total = [], 0
+    segments, total, instances, fim, first_pass = [], 0, 0, 0, 0
     for repeat_pass, j, job in stream:  # counts only: the shards' meta.json
         this = Shard(job.out_dir).meta["passes"][repeat_pass]
-        segments.append({"job": j, "pass": repeat_pass, "token_start": total, "tokens": this["tokens"]})
-        counts["instances"] += this["instances"]
-        counts["fim"] += this["fim"]
-        counts["first_pass"] += this["instances"] if repeat_pass == 0 else 0
+        segments.append(Segment(j, repeat_pass, total, this["tokens"]))
+        instances, fim = instances + this["instances"], fim + this["fim"]
+        first_pass += this["instances"] if repeat_pass == 0 else 0
         total += this["tokens"]
     rows = total // seq_len
     cut = rows * seq_len
+    tail_instances = tail_fim = tail_first_pass = 0
     for segment, (repeat_pass, _, job) in zip(segments, stream):
-        if segment["token_start"] + segment["tokens"] <= cut:
+        if segment.token_start + segment.tokens <= cut:
             continue
         # instances starting in the dropped partial row are dropped whole
         table, ends = Shard(job.out_dir).pass_instances(repeat_pass)
-        starts = segment["token_start"] + np.asarray(ends) - table["length"]
-        dropped = starts >= cut
-        counts["tail_instances"] += int(dropped.sum())
-        counts["tail_fim"] += int(np.count_nonzero(table["fim"][dropped]))
-        counts["tail_first_pass"] += int(dropped.sum()) if repeat_pass == 0 else 0
-    counts["rows"] += rows
-    counts["tail_tokens"] += total - cut
-    return {"row_start": row_start, "rows": rows, "segments": segments}
+        dropped = segment.token_start + np.asarray(ends) - table["length"] >= cut
+        tail_instances += int(dropped.sum())
+        tail_fim += int(np.count_nonzero(table["fim"][dropped]))
+        tail_first_pass += int(dropped.sum()) if repeat_pass == 0 else 0
+    counts = StreamCounts(rows, instances, fim, first_pass, total - cut, tail_instances, tail_fim, tail_first_pass)
+    return StreamPlan(row_start, rows, segments), counts
 
 
 def _subset_report(subset, sources: list[str], stats: list[dict], *, rows: int, instances: int, fim_instances: int,
-                   tokens_packed: int, tail_tokens: int, documents_packed: int, dropped_docs: int) -> dict:
+                   tokens_packed: int, tail_tokens: int, documents_packed: int, dropped_docs: int) -> SubsetReport:
     """Per-subset counts; ``documents_read == documents_packed + sum(documents_skipped)`` is checked by verify."""
     skipped: dict[str, int] = {}
     for s in stats:
@@ -199,21 +263,12 @@ def _subset_report(subset, sources: list[str], stats: list[dict], *, rows: int, 
         skipped["not_sampled"] = not_sampled
     if dropped_docs:
         skipped["incomplete_final_row"] = dropped_docs
-    return {
-        "name": subset.name,
-        "sources": sources,
-        "repeat": subset.repeat,
-        "fim": subset.fim,
-        "documents_read": sum(s["records_read"] for s in stats),
-        "documents_packed": documents_packed,
-        "documents_skipped": skipped,
-        "skip_examples": [e for s in stats for e in s["skip_examples"]][:10],
-        "instances_packed": instances,
-        "fim_instances": fim_instances,
-        "rows": rows,
-        "tokens": tokens_packed,
-        "tail_tokens_dropped": tail_tokens,
-    }
+    return SubsetReport(
+        name=subset.name, sources=sources, repeat=subset.repeat, fim=subset.fim,
+        documents_read=sum(s["records_read"] for s in stats), documents_packed=documents_packed,
+        documents_skipped=skipped, skip_examples=[e for s in stats for e in s["skip_examples"]][:10],
+        instances_packed=instances, fim_instances=fim_instances, rows=rows, tokens=tokens_packed,
+        tail_tokens_dropped=tail_tokens)
 
 
 # ---------------------------------------------------------------- stage 3: write chunks
@@ -224,7 +279,7 @@ class WriteChunksStep(_PrepareStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         run = self.run_spec
-        plan = json.loads(run.plan_path.read_text())
+        plan = Plan.read(run.plan_path)
         chunks = range(rank, run.config.num_chunks, world_size)
         for chunk in chunks:
             result_path = run.written_path(chunk)
@@ -239,9 +294,9 @@ class WriteChunksStep(_PrepareStep):
 class _ChunkAssembler:
     """Collects chunk ``chunk``'s rows (subsets in order, each subset's rows in order), then shuffles them."""
 
-    def __init__(self, run: PrepareRun, plan: dict, chunk: int) -> None:
+    def __init__(self, run: PrepareRun, plan: Plan, chunk: int) -> None:
         self.run, self.plan, self.chunk = run, plan, chunk
-        self.seq_len = plan["seq_len"]
+        self.seq_len = plan.seq_len
         self.dtype = np.dtype(run.dtype)
         self._segments: OrderedDict = OrderedDict()  # recent segments: tokens, instances, ends (memory maps)
         self._starts: dict[int, list[int]] = {}
@@ -256,9 +311,8 @@ class _ChunkAssembler:
         rows = 0
         row = np.empty(self.seq_len, np.uint32)
         with open(rows_tmp, "wb") as handle:
-            for s_index, subset in enumerate(self.plan["subsets"]):
-                mine = range((self.chunk - subset["offset"]) % self.plan["num_chunks"], subset["rows"],
-                             self.plan["num_chunks"])
+            for s_index, subset in enumerate(self.plan.subsets):
+                mine = range((self.chunk - subset.offset) % self.plan.num_chunks, subset.rows, self.plan.num_chunks)
                 for i in mine:
                     for piece in self._fill_row(s_index, subset, i, row):
                         pieces.append((rows, *piece))
@@ -289,19 +343,19 @@ class _ChunkAssembler:
             publish(out, self.run.out, rel)
         return result
 
-    def _fill_row(self, s_index: int, subset: dict, i: int, row: np.ndarray) -> list[tuple]:
+    def _fill_row(self, s_index: int, subset: SubsetPlan, i: int, row: np.ndarray) -> list[tuple]:
         """Copy row ``i`` of the subset into ``row``; returns its pieces (pos, length, subset, source, record,
         pass, fim, offset in the document)."""
-        streams = subset["streams"]
-        stream = streams[bisect.bisect_right([s["row_start"] for s in streams], i) - 1]
-        position = (i - stream["row_start"]) * self.seq_len  # token position in the stream
-        segments = stream["segments"]
+        streams = subset.streams
+        stream = streams[bisect.bisect_right([s.row_start for s in streams], i) - 1]
+        position = (i - stream.row_start) * self.seq_len  # token position in the stream
+        segments = stream.segments
         k = bisect.bisect_right(self._token_starts(stream), position) - 1
         fill, pieces = 0, []
         while fill < self.seq_len:
             segment = segments[k]
-            inside = position - segment["token_start"]
-            if inside >= segment["tokens"]:
+            inside = position - segment.token_start
+            if inside >= segment.tokens:
                 k += 1
                 continue
             tokens, ends, lengths, starts, records, fims = self._segment(segment)
@@ -311,26 +365,25 @@ class _ChunkAssembler:
             take = min(length - offset, self.seq_len - fill)
             start = int(starts[n]) + offset
             row[fill : fill + take] = tokens[start : start + take]
-            pieces.append((fill, take, s_index, self.run.jobs[segment["job"]].source_index, int(records[n]),
-                           segment["pass"], int(fims[n]), offset))
+            pieces.append((fill, take, s_index, self.run.jobs[segment.job].source_index, int(records[n]),
+                           segment.repeat_pass, int(fims[n]), offset))
             fill += take
             position += take
         return pieces
 
-    def _token_starts(self, stream: dict) -> list[int]:
+    def _token_starts(self, stream: StreamPlan) -> list[int]:
         key = id(stream)
         if key not in self._starts:
-            self._starts[key] = [s["token_start"] for s in stream["segments"]]
+            self._starts[key] = [s.token_start for s in stream.segments]
         return self._starts[key]
 
-    def _segment(self, segment: dict) -> tuple[np.ndarray, ...]:
+    def _segment(self, segment: Segment) -> tuple[np.ndarray, ...]:
         """Tokens, instance ends and instance fields of one segment: plain array views of the memory maps (indexing
         a ``np.memmap`` builds a memmap object per element; a view reads the same pages)."""
-        key = (segment["job"], segment["pass"])
+        key = (segment.job, segment.repeat_pass)
         if key not in self._segments:
-            job = self.run.jobs[segment["job"]]
-            shard = Shard(job.out_dir)
-            table, ends = shard.pass_instances(segment["pass"])
+            shard = Shard(self.run.jobs[segment.job].out_dir)
+            table, ends = shard.pass_instances(segment.repeat_pass)
             table = np.asarray(table)
             self._segments[key] = (np.asarray(shard.tokens()), np.asarray(ends), table["length"],
                                    table["start"], table["record"], table["fim"])
@@ -354,7 +407,7 @@ class ManifestStep(_PrepareStep):
 def write_manifest(run: PrepareRun) -> Manifest:
     """Gather the plan and every chunk's result into ``manifest.json``; remove files it does not list."""
     config, stage = run.config, Path(run.stage)
-    plan = json.loads(run.plan_path.read_text())
+    plan = Plan.read(run.plan_path)
     results = [json.loads(run.written_path(c).read_text()) for c in range(config.num_chunks)]
     chunks = [
         ChunkEntry(c, chunk_file(c), pieces_file(c), tokens=r["rows"] * config.seq_len, subset_rows=r["subset_rows"],
@@ -369,7 +422,7 @@ def write_manifest(run: PrepareRun) -> Manifest:
         num_chunks=config.num_chunks,
         chunk_order=config.resolved_order(),
         total_rows=int(sum(c.rows for c in chunks)),
-        subsets=[SubsetReport(**s["report"]) for s in plan["subsets"]],
+        subsets=[s.report for s in plan.subsets],
         chunks=chunks,
         tokenizer=TokenizerEntry(**run.tokenizer),
     )
