@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0), or a bad argument, said in one line (2)
+        return exit_.code
     from .console import configure_logging
     from .errors import UserError, hub_access_problem
 

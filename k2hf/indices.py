@@ -34,14 +34,18 @@ def parse_selection(text: str) -> list[int | str]:
     return picked
 
 
-def index_list_arg(text: str) -> list[int]:
-    """argparse ``type=`` for index lists: a bad one is argparse's one-line error."""
+def index_list_arg(what: str = "numbers"):
+    """An argparse ``type=`` for index lists of ``what`` (``chunk numbers``): a bad one is argparse's one-line
+    error."""
     import argparse
 
-    try:
-        return parse_index_list(text)
-    except UserError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    def parse(text: str) -> list[int]:
+        try:
+            return parse_index_list(text, what)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 __all__ = ["index_list_arg", "parse_index_list", "parse_selection"]

@@ -95,7 +95,7 @@ def _cases(root, data):
                                                               "content, but found '-' at line 2, column 3)"),
         (["eval", str(root / "chat-model"), "--tasks", "k2hf_mc"], "invalid choice: "),  # `eval run MODEL` now
         (["data", "import-k2", str(root / "empty"), "--out", str(root / "k2"), "--chunks", "3-a"],
-         "argument --chunks: '3-a' is not a list of numbers such as 3,4,10-12"),
+         "argument --chunks: '3-a' is not a list of chunk numbers such as 3,4,10-12"),
         (["recipes", "copy", "pretrain/nope", str(root / "r")], "no bundled recipe 'pretrain/nope'"),
         (["recipes", "copy", "data/sample", str(root / "file.txt")], "file.txt is a file: give a folder"),
         (["spikes", "analyze", str(REPO_ROOT / "tests/fixtures/run_v1"), "--window", "2", "--out",

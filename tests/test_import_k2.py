@@ -133,9 +133,8 @@ def test_cli_errors_are_one_line(release, tmp_path, capsys):
                      "--tokenizer", "sample", "--seq-len", str(SEQ)]) == 2
     assert capsys.readouterr().err.strip() == (f"k2hf: error: chunk_2.jsonl not found in {release[0]} (released "
                                                "chunk files are named chunk_<i>.jsonl)")
-    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error: the one index-list parser's words
-        cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "0,x"])
-    assert exit_.value.code == 2 and "'0,x' is not a list of numbers such as 3,4,10-12" in capsys.readouterr().err
+    assert cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "0,x"]) == 2
+    assert "'0,x' is not a list of chunk numbers" in capsys.readouterr().err
     assert cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "360",
                      "--tokenizer", "sample"]) == 2
     assert "are not chunks of the release: give indices in 0..359" in capsys.readouterr().err

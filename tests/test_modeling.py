@@ -96,7 +96,8 @@ def _packed_batch():
     return docs, torch.cat(docs, dim=1), positions
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+# flex attention compiles its kernel on first use (~30 s on 2 CPU cores): in the slow tier
+@pytest.mark.parametrize("attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("use_cache", ["default", False])
 def test_packed_documents_never_leak(attn, mode, use_cache):

@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = commands.add_parser("import-k2", help="LLM360's released K2 data chunks -> k2hf prepared data (bit for bit)")
     imp.add_argument("src", help="a dir of chunk_<i>.jsonl files, or the Hub dataset LLM360/K2Datasets (streamed)")
     imp.add_argument("--out", required=True)
-    imp.add_argument("--chunks", type=index_list_arg, help="which chunks, e.g. 0-15,32 (default: all 360)")
+    imp.add_argument("--chunks", type=index_list_arg("chunk numbers"),
+                     help="which chunks, e.g. 0-15,32 (default: all 360)")
     imp.add_argument("--tokenizer", help="K2 tokenizer: a dir, or a Hub repo (default LLM360/K2)")
     imp.add_argument("--on-error", choices=["fail", "skip"],
                      help="malformed rows: stop naming file and line (default), or skip and count per reason")

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mem.add_argument("--model", required=True, help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
     mem.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
     mem.add_argument("--data", help="prepared or imported data the rows come from (default for a run dir: its data)")
-    mem.add_argument("--chunks", type=index_list_arg, help="chunks to draw rows from, e.g. 3,4 (default: those the "
-                     "first checkpoint trained on)")
+    mem.add_argument("--chunks", type=index_list_arg("chunk numbers"),
+                     help="chunks to draw rows from, e.g. 3,4 (default: those the first checkpoint trained on)")
     add_section_flags(mem, MemorizationConfig)
     mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
     mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
