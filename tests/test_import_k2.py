@@ -132,7 +132,8 @@ def test_cli_errors_are_one_line(release, tmp_path, capsys):
     assert cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "2",
                      "--tokenizer", "sample", "--seq-len", str(SEQ)]) == 2
     assert capsys.readouterr().err.strip() == (f"k2hf: error: chunk_2.jsonl not found in {release[0]} (released "
-                                               "chunk files are named chunk_<i>.jsonl)")
+                                               "chunk files are named chunk_<i>.jsonl; it holds chunks 0-1,5: pick "
+                                               "from them with --chunks)")
     assert cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "0,x"]) == 2
     assert "'0,x' is not a list of chunk numbers" in capsys.readouterr().err
     assert cli.main(["data", "import-k2", str(release[0]), "--out", str(tmp_path / "o"), "--chunks", "360",
@@ -169,3 +170,20 @@ def test_hub_dataset_streams_through_the_real_client(release, imported, tmp_path
     for c in (0, 1, 5):
         assert hub_data.manifest.chunks[c].sha256 == local.manifest.chunks[c].sha256
         assert hub_data.manifest.chunks[c].pieces_sha256 == local.manifest.chunks[c].pieces_sha256
+
+
+def test_a_folder_of_some_released_files_imports_those_and_says_which(release, imported, tmp_path, caplog):
+    """No --chunks on a local folder holding chunks 0, 1 and 5 of 360: those three are imported (the same bytes as
+    naming them), and the log says which; an empty folder is one line."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="k2hf"):
+        manifest = import_k2(str(release[0]), tmp_path / "k2", tokenizer="sample", seq_len=SEQ, progress=False)
+    assert manifest.chunks_imported == [0, 1, 5] and manifest.num_chunks == 360
+    assert "importing the 3 chunk files found in" in caplog.text and "chunks 0-1,5 (of 360" in caplog.text
+    for c in (0, 1, 5):
+        assert manifest.chunks[c].sha256 == PreparedData(imported).manifest.chunks[c].sha256
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "chunk_01.jsonl").write_text("")  # not a released name: chunk files are not zero-padded
+    with pytest.raises(ReleaseImportError, match=r"holds no released chunk file \(chunk_<i>.jsonl, i in 0..359\)"):
+        import_k2(str(tmp_path / "none"), tmp_path / "k2-none", tokenizer="sample", seq_len=SEQ, progress=False)

@@ -13,6 +13,7 @@ that every malformed line can be named by file and line, which a JSON dataset bu
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections import Counter
@@ -47,6 +48,8 @@ KIND = "k2_release"
 REQUIRED_FIELDS = ("token_ids", "src_filename", "line_idx_in_src")
 SKIP_REASONS = (*READ_REASONS, "missing_field", "wrong_length", "id_out_of_range")
 UNKNOWN = -1  # provenance the release does not record (FIM choice, token offset inside the document)
+
+logger = logging.getLogger(__name__)
 
 
 class ReleaseImportError(UserError):
@@ -86,6 +89,7 @@ def check_release(src: str, names: list[str], revision: str | None = None) -> No
     """Fail before any work when ``src`` lacks one of the chunk files ``names``."""
     local = Path(src)
     if local.is_dir():
+        present = {p.name for p in local.glob("chunk_*.jsonl")}
         missing = [n for n in names if not (local / n).is_file()]
         where = str(local)
     elif looks_local(src):
@@ -101,7 +105,32 @@ def check_release(src: str, names: list[str], revision: str | None = None) -> No
         where = f"the Hub dataset {src}" + (f" at {revision}" if revision else "")
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ReleaseImportError(f"{shown} not found in {where} (released chunk files are named chunk_<i>.jsonl)")
+        there = sorted(i for n in present if (i := _chunk_index(n)) is not None and n == released_chunk_file(i))
+        hint = f"; it holds chunks {_ranges(there)}: pick from them with --chunks" if there else ""
+        raise ReleaseImportError(f"{shown} not found in {where} (released chunk files are named chunk_<i>.jsonl"
+                                 f"{hint})")
+
+
+def local_chunks(folder: Path, num_chunks: int) -> list[int]:
+    """The released chunk files a local folder holds (``chunk_<i>.jsonl``, ``i`` in ``0..num_chunks-1``)."""
+    return sorted(i for p in folder.glob("chunk_*.jsonl") if (i := _chunk_index(p.name)) is not None
+                  and 0 <= i < num_chunks and p.name == released_chunk_file(i))
+
+
+def _chunk_index(name: str) -> int | None:
+    digits = name.removeprefix("chunk_").removesuffix(".jsonl")
+    return int(digits) if digits.isdigit() else None
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the form ``--chunks`` takes)."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(f"{start}-{v}" if v != start else f"{v}")
+            start = None
+    return ",".join(parts)
 
 
 def open_release(src: str, name: str, revision: str | None = None) -> BinaryIO:
@@ -123,11 +152,19 @@ def import_k2(
     on_error: str = "fail",
     revision: str | None = None,
     progress: bool = True,
-) -> dict:
-    """Import released chunks ``chunks`` (default all ``num_chunks``) from ``src`` into ``out``; returns the
-    manifest. ``on_error="skip"`` counts malformed rows per reason instead of stopping at the first one."""
+) -> Manifest:
+    """Import released chunks ``chunks`` (default: all ``num_chunks``; for a local folder, the chunk files it
+    holds) from ``src`` into ``out``; returns the manifest. ``on_error="skip"`` counts malformed rows per reason
+    instead of stopping at the first one."""
     if on_error not in ("fail", "skip"):
         raise UserError(f"on_error must be 'fail' or 'skip' (got {on_error!r})")
+    if chunks is None and Path(src).is_dir():  # a folder of some released files: those, said so
+        chunks = local_chunks(Path(src), num_chunks)
+        if not chunks:
+            raise ReleaseImportError(f"{src} holds no released chunk file (chunk_<i>.jsonl, i in 0..{num_chunks - 1})")
+        if len(chunks) < num_chunks:
+            logger.info("importing the %d chunk files found in %s: chunks %s (of %d; --chunks picks others)",
+                        len(chunks), src, _ranges(chunks), num_chunks)
     chunks = sorted(set(range(num_chunks) if chunks is None else chunks))
     bad = [c for c in chunks if not 0 <= c < num_chunks]
     if bad or not chunks:
