@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from k2hf.curves import plot_training_curves
-from k2hf.formats import Event, RunDir, SpikeAction, Start, TrainerState, spike_record
+from k2hf.formats import Event, Rollback, RunDir, SpikeAction, Start, TrainerState, parse_event, spike_record
 
 # dense bf16 peak TFLOP/s per device, for MFU when `log.peak_tflops` is not given
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L40S": 362.0}
@@ -68,12 +68,35 @@ class RunLogs:
     def event(self, event: Event) -> None:
         self.run.append(event)
 
-    def resume(self, state: TrainerState) -> None:
-        """Cut the logs back to what the checkpoint's ``state`` saw, so nothing is recorded twice."""
-        if state.data_log_lines is not None:
-            self.data.truncate_to_lines(state.data_log_lines)
-        else:  # checkpoints written before data_log_lines existed
-            self.data.truncate_after(state.global_step)
+    def committed_rollback(self, checkpoint: str, state: TrainerState) -> tuple[int, Rollback] | None:
+        """A rollback to ``checkpoint`` committed after it was saved (the run died before its next checkpoint):
+        ``(line of the event, event)``, the last such one, or None."""
+        if state.data_log_lines is None:
+            return None
+        found = None
+        for line, record in enumerate(self.data.read()[state.data_log_lines:], state.data_log_lines):
+            event = parse_event(record)
+            if isinstance(event, Rollback) and event.to == checkpoint and event.replayable:
+                found = line, event
+        return found
+
+    def resume(self, state: TrainerState, committed: tuple[int, Rollback] | None = None) -> None:
+        """Cut the logs back to what the checkpoint's ``state`` saw (or, for a ``committed`` rollback to it, to the
+        rollback's commit), so nothing is recorded twice."""
+        if committed is not None:
+            line, rollback = committed
+            self.data.truncate_to_lines(line + 1)
+            self.spikes.truncate_to_lines(rollback.spikes_lines)
+            self.rolled_back.truncate_to_lines(rollback.rolled_back_lines)
+        else:
+            if state.data_log_lines is not None:
+                self.data.truncate_to_lines(state.data_log_lines)
+            else:  # checkpoints written before data_log_lines existed
+                self.data.truncate_after(state.global_step)
+            if state.spikes_lines is not None:
+                self.spikes.truncate_to_lines(state.spikes_lines)
+            if state.rolled_back_lines is not None:
+                self.rolled_back.truncate_to_lines(state.rolled_back_lines)
         self.metrics.truncate_after(state.global_step)
 
     def take_back(self, after_step: int, rollback: int) -> None:

@@ -10,6 +10,7 @@ after each chunk a checkpoint ``ckpt_NNN`` is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -180,7 +181,9 @@ class Pretrainer:
         """What ``trainer_state.json`` holds: the counters, the data position, and the data log's length."""
         return TrainerState(**asdict(self.progress), **self.position.state_dict(),
                             data_log_lines=self.logs.data.line_count(),
-                            data_manifest_sha256=self.data.manifest_sha256)
+                            data_manifest_sha256=self.data.manifest_sha256,
+                            spikes_lines=self.logs.spikes.line_count(),
+                            rolled_back_lines=self.logs.rolled_back.line_count())
 
     def load_state_dict(self, state: TrainerState, rollback: bool = False) -> None:
         rollbacks = self.progress.rollbacks
@@ -206,8 +209,13 @@ class Pretrainer:
         if resumed is not None:
             path, state = resumed
             self._check_same_data(path, state)
+            committed = self.logs.committed_rollback(path.name, state)
+            if committed is not None:  # the run died after rolling back to `path`: apply the decision again
+                rollback = committed[1]
+                state = dataclasses.replace(state, **rollback.position, rollbacks=rollback.rollbacks)
+                logger.info("re-applying the rollback to %s committed at step %d", path.name, rollback.step)
             self.load_state_dict(state)
-            self.logs.resume(state)
+            self.logs.resume(state, committed)
             if state.data_manifest_sha256 not in (None, self.data.manifest_sha256):
                 self.logs.event(DataChanged(self.progress.global_step, state.data_manifest_sha256,
                                             self.data.manifest_sha256, str(self.data.path.resolve())))
@@ -324,23 +332,29 @@ class Pretrainer:
                 outcome = RecordedAction("halt", reason=reason)
             else:
                 self._roll_back(target, spike, evidence)
-                outcome = RecordedAction("rollback", to=target.name, policy=self.config.spikes.policy)
+                return True
         self.logs.spike(spike.summary(), outcome)
         return outcome.kind != "none"
 
     def _roll_back(self, target: Path, spike: Spike, evidence: str) -> None:
+        """Restore ``target``, change the data position by the policy, and make the decision durable before any
+        further step: the diverged checkpoints leave (``target`` is the newest again), the spike and the metrics
+        taken back are recorded, and the rollback event commits it all (a resume from ``target`` re-applies it)."""
         diverged_at = self.progress.global_step
         self.load_state_dict(self.checkpointer.load(target), rollback=True)
         self.monitor.apply_policy(self.position, spike, self.progress.rollbacks)  # reorders or skips: same plan
         self.position.fault = None  # the drill's fault is transient
         step = self.progress.global_step
+        self.checkpointer.supersede_after(step, self.output_dir / evidence)
+        self.logs.spike(spike.summary(), RecordedAction("rollback", to=target.name, policy=self.config.spikes.policy))
+        self.logs.take_back(step, self.progress.rollbacks)  # measured, kept, marked as taken back
         self.logs.event(Rollback(
             diverged_at, to_step=step, to=target.name, onset_step=spike.onset_step, policy=self.config.spikes.policy,
             order=list(self.position.order), order_pos=self.position.order_pos,
-            step_in_chunk=self.position.step_in_chunk, evidence=evidence,
+            step_in_chunk=self.position.step_in_chunk, evidence=evidence, position=self.position.state_dict(),
+            rollbacks=self.progress.rollbacks, spikes_lines=self.logs.spikes.line_count(),
+            rolled_back_lines=self.logs.rolled_back.line_count(),
         ))
-        self.logs.take_back(step, self.progress.rollbacks)  # measured, kept, marked as taken back
-        self.checkpointer.supersede_after(step, self.output_dir / evidence)
         self.accelerator.wait_for_everyone()
         self.monitor.prime(self.logs.metrics_upto(step))
         self.bar.n, self.bar.total = step, self.total_steps

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import DRILL_SPIKES, train_tiny_run
 from k2hf import cli
-from k2hf.formats import ChunkEnd, JsonlFile, RunDir, SpikeAction, spike_action
+from k2hf.formats import ChunkEnd, JsonlFile, Rollback, RunDir, SpikeAction, spike_action
 from k2hf.pretrain.config import SpikeSection
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.pretrain.spikes import analyze, detect
@@ -244,3 +244,59 @@ def test_unusable_detector_settings_are_refused(drill_run, capsys):
     assert cli.main(["spikes", "analyze", str(drill_run), "--window", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         "k2hf: error: spikes.window must be at least 4 (the detector judges a loss only after 4 healthy ones), got 2")
+
+
+@pytest.mark.parametrize("dies", ["after_commit", "before_commit"])
+def test_a_run_killed_between_a_rollback_and_its_next_checkpoint_resumes_as_if_never_killed(
+        sample_data, drill_run, tmp_path, monkeypatch, dies):
+    """The rollback's decision is durable before training goes on: dying right after the rollback event (the
+    commit) resumes from the target with the decision applied again (no step of the spike is trained twice);
+    dying just before it replays the spike from the target. Either way the run ends bitwise as the uninterrupted
+    drill run (`drill_run`, same recipe): one rollback, one spike record, the 4 diverged steps taken back once."""
+    from k2hf.pretrain.monitoring import RunLogs
+    from k2hf.pretrain.trainer import Pretrainer
+
+    class Died(Exception):
+        pass
+
+    if dies == "after_commit":
+        original = Pretrainer.train_step
+
+        def train_step(self, step):
+            if self.progress.rollbacks == 1:
+                raise Died
+            return original(self, step)
+
+        monkeypatch.setattr(Pretrainer, "train_step", train_step)
+    else:
+        original = RunLogs.event
+
+        def event(self, event):
+            if type(event).__name__ == "Rollback":
+                raise Died
+            return original(self, event)
+
+        monkeypatch.setattr(RunLogs, "event", event)
+    out = tmp_path / "run"
+    with pytest.raises(Died):
+        train_tiny_run(sample_data, out, spikes=DRILL_SPIKES, checkpoint={"every_steps": 4})
+    run = RunDir(out)
+    assert run.latest_checkpoint().name == "ckpt_002"  # the diverged step_0000020 left with the rollback
+    monkeypatch.undo()
+    steps = []
+    original_step = Pretrainer.train_step
+    monkeypatch.setattr(Pretrainer, "train_step", lambda self, step: steps.append(step) or original_step(self, step))
+    train_tiny_run(sample_data, out, spikes=DRILL_SPIKES, checkpoint={"every_steps": 4})  # the same command again
+    # after the commit, the decision is applied: steps 19-36 on the new order; before it, the spike is replayed
+    assert len(steps) == (18 if dies == "after_commit" else 4 + 18)
+    reference = RunDir(drill_run)
+    assert [(m["step"], m["loss"], m["grad_norm"]) for m in run.metrics.read()] == [
+        (m["step"], m["loss"], m["grad_norm"]) for m in reference.metrics.read()]  # bitwise
+    assert [(m["step"], m["loss"]) for m in run.rolled_back.read()] == [
+        (m["step"], m["loss"]) for m in reference.rolled_back.read()]
+    assert len(run.rolled_back.read()) == 4
+    (rollback,) = [e for e in run.events() if isinstance(e, Rollback)]
+    assert (rollback.to, rollback.order, rollback.rollbacks) == ("ckpt_002", [0, 1, 3, 2], 1)
+    assert [s["action"] for s in run.spike_records()] == [s["action"] for s in reference.spike_records()]
+    assert [s.step for s in run.live_steps()] == list(range(1, 37))
+    assert [c.name for c in run.checkpoints()] == [c.name for c in reference.checkpoints()]

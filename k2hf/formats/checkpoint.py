@@ -69,6 +69,8 @@ class TrainerState:
     deferred: list[int] = field(default_factory=list)
     data_log_lines: int | None = None  # lines of data_sequence.jsonl at the save (None: an older k2hf's save)
     data_manifest_sha256: str | None = None  # the prepared data's manifest (None: an older k2hf's save)
+    spikes_lines: int | None = None  # lines of spikes.jsonl at the save (None: an older k2hf's save)
+    rolled_back_lines: int | None = None  # lines of metrics_rolled_back.jsonl at the save (None: older)
 
     POSITION_FIELDS = ("order", "order_pos", "step_in_chunk", "skipped_rows", "resume_steps", "skip_steps",
                        "reseeds", "deferred")
@@ -83,7 +85,11 @@ class TrainerState:
         return self.order[pos] if 0 <= pos < len(self.order) else None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """What ``trainer_state.json`` holds (fields an older k2hf did not record, and this save has not, left out)."""
+        values = dataclasses.asdict(self)
+        return {k: v for k, v in values.items() if v is not None or k not in self.RECORDED_SINCE}
+
+    RECORDED_SINCE = ("spikes_lines", "rolled_back_lines")  # optional: absent from older saves
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainerState:

@@ -106,7 +106,12 @@ class ChunkEnd(_Event):
 @dataclass(frozen=True)
 class Rollback(_Event):
     """A malignant spike rolled the model back from ``step`` to checkpoint ``to`` (step ``to_step``); ``order``
-    and the position are the data position after the policy changed it; ``evidence`` the diverged model's dir."""
+    and the position are the data position after the policy changed it; ``evidence`` the diverged model's dir.
+
+    Written last, once the spike record and the taken-back metrics are on disk: it commits the decision. A run
+    resumed from ``to`` before a newer checkpoint exists applies it again (``position``: the whole data position
+    after the policy; ``rollbacks``: the count after it; the record files' lengths at the commit) instead of
+    replaying the spike. Rollbacks written before these fields existed have them None."""
 
     EVENT: ClassVar[str] = "rollback"
     to_step: int
@@ -117,6 +122,15 @@ class Rollback(_Event):
     order_pos: int
     step_in_chunk: int
     evidence: str
+    position: dict[str, Any] | None = None
+    rollbacks: int | None = None
+    spikes_lines: int | None = None
+    rolled_back_lines: int | None = None
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a resume can apply this decision again (everything it needs is recorded)."""
+        return None not in (self.position, self.rollbacks, self.spikes_lines, self.rolled_back_lines)
 
 
 @dataclass(frozen=True)
