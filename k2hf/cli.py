@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # something the user can fix: one line, exit 2 (K2HF_DEBUG=1 for the traceback)
         if debug:
             raise
-        print(f"k2hf: error: {error}", file=sys.stderr)
-        return 2
+        code = getattr(error, "exit_code", 2)  # a stop on purpose (preemption) says so with its own code
+        print(f"k2hf: {'error: ' if code == 2 else ''}{error}", file=sys.stderr)
+        return code
     except Exception as error:  # a Hub repo that cannot be reached or found is a user matter too
         problem = hub_access_problem(error)
         if problem is None or debug:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,18 @@ class TrainingJob:
         return 0
 
     def script_main(self, argv: list[str] | None = None) -> int:
-        """The ``main`` of a training script: its own command line, logging, then :meth:`start`."""
+        """The ``main`` of a training script: its own command line, logging, then :meth:`start`. A stop with an
+        exit code of its own (preemption: 75, rerun to resume) is one line on rank 0 and that code."""
         parser = argparse.ArgumentParser(description=f"{self.title} (launch with `accelerate launch`).")
         self.add_arguments(parser)
         args = parser.parse_args(argv)
         configure_logging()
-        return self.start(args.recipe, args.set)
+        try:
+            return self.start(args.recipe, args.set)
+        except Exception as error:
+            code = getattr(error, "exit_code", None)
+            if code is None:
+                raise
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"{os.path.basename(sys.argv[0])}: {error}", file=sys.stderr)
+            return code

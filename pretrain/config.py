@@ -58,10 +58,17 @@ class CheckpointSection(Section):
     every_steps: int | None = None
     keep_chunk_checkpoints: int | None = None  # None = keep all (K2 released every one)
     keep_step_checkpoints: int = 2
+    # signals that stop the run at the next step with a step checkpoint (preemption, time limits); [] = none
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
     def validate(self) -> None:
         if self.every_steps is not None and self.every_steps < 1:
             raise RecipeError("checkpoint.every_steps must be >= 1 (or null for chunk checkpoints only)")
+        import signal
+
+        unknown = [name for name in self.preempt_signals if not isinstance(getattr(signal, name, None), signal.Signals)]
+        if unknown:
+            raise RecipeError(f"checkpoint.preempt_signals: {unknown} are not signals (e.g. SIGTERM, SIGUSR1)")
 
 
 @dataclass

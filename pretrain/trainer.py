@@ -47,6 +47,7 @@ from .config import BatchGeometry, TrainConfig, batch_geometry
 from .data.reader import PreparedData
 from .monitoring import RunLogs, device_peak_tflops, flops_per_token, peak_memory_gb
 from .position import DataPosition, Step, poisoned_chunk
+from .preemption import Preempted, PreemptionWatch
 from .spikes import Spike, SpikeAction, SpikeMonitor
 
 logger = get_logger(__name__)  # accelerate's: rank 0 only
@@ -263,8 +264,14 @@ class Pretrainer:
         return step_loss, norm
 
     def train(self) -> Progress:
-        """Run (or resume) until the data sequence or ``max_steps`` is exhausted; returns the final counters."""
+        """Run (or resume) until the data sequence or ``max_steps`` is exhausted; returns the final counters.
+        Raises :class:`~.preemption.Preempted` after saving a step checkpoint when a preemption signal arrived."""
         self.setup()
+        with PreemptionWatch(self.config.checkpoint.preempt_signals) as watch:
+            self._loop(watch)
+        return self.progress
+
+    def _loop(self, watch: PreemptionWatch) -> None:
         acc, g, progress = self.accelerator, self.geometry, self.progress
         self.bar = tqdm(total=self.total_steps, initial=progress.global_step, desc="pretrain", unit="step",
                         disable=not acc.is_main_process)
@@ -302,12 +309,27 @@ class Pretrainer:
                     progress = self.progress  # a rollback restored other counters
                     continue
             every = self.config.checkpoint.every_steps
-            if every and progress.global_step % every == 0 and self.position.mid_chunk:
+            saved = every and progress.global_step % every == 0 and self.position.mid_chunk
+            if saved:
                 self.checkpoint(step_checkpoint_name(progress.global_step))
+            if watch.requested(acc.device):  # every rank, every step boundary: the ranks agree where to stop
+                self._stop_preempted(watch, already_saved=bool(saved))
         self.bar.close()
         self.plot_curves()
         acc.end_training()
-        return self.progress
+
+    def _stop_preempted(self, watch: PreemptionWatch, already_saved: bool) -> None:
+        step = self.progress.global_step
+        name = step_checkpoint_name(step)
+        if not already_saved:
+            self.checkpoint(name)
+        self.bar.close()
+        acc = self.accelerator
+        acc.end_training()
+        reason = watch.received or "a signal on another rank"
+        logger.warning("preempted (%s) at step %d: %s saved", reason, step, name)
+        raise Preempted(f"preempted ({reason}) at step {step}; checkpoint {name} saved: rerun the same command to "
+                        "resume")
 
     def checkpoint(self, name: str) -> Path:
         path = self.checkpointer.save(name, self.state_dict())

@@ -375,3 +375,68 @@ def test_ctrl_c_in_pretrain_is_one_line_exit_130_and_resumable(sample_data, tmp_
     assert not list((tmp_path / "run").glob(".*.partial"))  # no half-written picture
     _train_in_process(recipe)  # rerun: resumes from the last checkpoint and finishes
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_a_preemption_signal_stops_at_the_step_boundary_with_a_checkpoint(sample_data, tmp_path, monkeypatch):
+    """SIGUSR1 arriving during step 3 (one process): the step finishes, step_0000003 is saved, training stops with
+    `Preempted` (exit code 75) and the handlers are restored; the same command resumes, bitwise as a run that was
+    never stopped."""
+    from k2hf.pretrain.preemption import Preempted
+    from k2hf.pretrain.trainer import Pretrainer
+
+    reference = _recipe(tmp_path, sample_data / "stage1", name="reference")
+    _train_in_process(reference)
+    recipe = _recipe(tmp_path, sample_data / "stage1", name="run")
+    original = Pretrainer.train_step
+
+    def train_step(self, step):
+        if self.progress.global_step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm's warning would: in the middle of step 3
+        return original(self, step)
+
+    monkeypatch.setattr(Pretrainer, "train_step", train_step)
+    before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(Preempted, match=r"preempted \(SIGUSR1\) at step 3; checkpoint step_0000003 saved: rerun") \
+            as stopped:
+        _train_in_process(recipe)
+    assert stopped.value.exit_code == 75 and signal.getsignal(signal.SIGUSR1) is before
+    run = RunDir(tmp_path / "run")
+    assert run.latest_checkpoint().name == "step_0000003" and len(run.metrics.read()) == 3
+    monkeypatch.undo()
+    _train_in_process(recipe)  # the same command again
+    assert [(m["loss"], m["grad_norm"]) for m in _metrics(tmp_path / "run")] == [
+        (m["loss"], m["grad_norm"]) for m in _metrics(tmp_path / "reference")]  # bitwise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, signalled", [("ddp", "one rank"), ("zero3", "every rank")])
+def test_sigterm_under_two_processes_stops_together_and_resumes_bitwise(reference_runs, sample_data, tmp_path,
+                                                                         engine, signalled):
+    """Slurm's SIGTERM reaching one rank (or all): the ranks agree at the next step boundary (one all-reduce), save
+    one step checkpoint together and exit 75; relaunching resumes bitwise like an uninterrupted run."""
+    import psutil
+
+    recipe = _recipe(tmp_path, sample_data / "stage1", name=engine, checkpoint={"every_steps": 1})
+    cmd, env = _launch_command(engine, recipe)
+    log = tmp_path / "preempted.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    run = tmp_path / engine
+    deadline = time.time() + 300
+    while not ((run / "metrics.jsonl").is_file() and len(_metrics(run)) >= 2) and time.time() < deadline:
+        assert process.poll() is None, "run ended before the signal:\n" + log.read_text()[-4000:]
+        time.sleep(0.05)
+    workers = [p for p in psutil.Process(process.pid).children(recursive=True) if TRAIN_SCRIPT in p.cmdline()]
+    assert len(workers) == 2, workers
+    for worker in workers[:1] if signalled == "one rank" else workers:
+        worker.send_signal(signal.SIGTERM)
+    process.wait(timeout=300)
+    text = log.read_text()
+    assert re.search(r"train\.py: preempted \((SIGTERM|a signal on another rank)\) at step \d+; checkpoint step_\d+ "
+                     r"saved: rerun the same command to resume", text), text[-4000:]
+    stopped = RunDir(run).latest_checkpoint()
+    assert stopped.global_step < 8 and len(_metrics(run)) == stopped.global_step  # one step boundary, agreed
+    _launch(engine, recipe)  # the same command again
+    reference = _metrics(reference_runs[engine])
+    assert [m["loss"] for m in _metrics(run)] == [m["loss"] for m in reference]  # bitwise
+    assert [m["grad_norm"] for m in _metrics(run)] == [m["grad_norm"] for m in reference]
