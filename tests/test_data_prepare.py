@@ -557,3 +557,24 @@ def test_a_given_work_dir_keeps_what_it_held(corpus, tmp_path):
     prepare(_config(root), tmp_path / "d", progress=False, work_dir=work)
     assert [p.name for p in work.iterdir()] == ["someone-elses.txt"]
     assert (tmp_path / "d" / "manifest.json").is_file() and not (tmp_path / "d" / ".work").exists()
+
+
+def test_local_workers_stop_even_when_the_parent_catches_sigterm(tmp_path):
+    """datatrove's pool stops its forked workers with SIGTERM: a handler the parent installed (ray.init leaves one
+    in its driver; a trainer in the same process has one while it trains) must not reach them, or preparing hangs
+    after the last task. Run in a subprocess with a timeout, so a hang fails the test instead of the suite."""
+    import subprocess
+    import sys
+
+    script = ("import signal\n"
+              "signal.signal(signal.SIGTERM, lambda s, f: None)\n"
+              "from k2hf.pretrain.data.config import load_data_config\n"
+              "from k2hf.pretrain.data.prepare import prepare\n"
+              f"prepare(load_data_config({str(REPO_ROOT / 'pretrain/configs/data/sample.yaml')!r}, num_workers=2), "
+              f"{str(tmp_path / 'data')!r}, progress=False)\n"
+              "print(signal.getsignal(signal.SIGTERM).__name__)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                            start_new_session=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "<lambda>"  # the parent's own handler is back afterwards
+    assert PreparedData(tmp_path / "data").verify() == []

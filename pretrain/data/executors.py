@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -81,6 +82,10 @@ def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool =
     """All four stages on this machine, one after the other, ``workers`` tasks at a time."""
     counts = stage_tasks(run, tasks)
     logger.disable("datatrove")
+    # The worker pool is stopped with SIGTERM: forked workers must not inherit a handler that catches it (a Ray
+    # driver's, a trainer's in the same process), or closing the pool waits on them forever.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
     try:
         for stage, step in STAGES:
             executor = _QuietLocalExecutor(
@@ -90,6 +95,8 @@ def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool =
                 executor.run()
     finally:
         logger.enable("datatrove")
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class StageProgress:
