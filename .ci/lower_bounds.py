@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tomllib
 
-PINNED = ("transformers", "trl", "accelerate", "peft", "datasets", "lm-eval")
+PINNED = ("transformers", "trl", "accelerate", "peft", "datasets", "lm-eval", "infini-gram")
 
 
 def lower_bounds(pyproject: Path) -> dict[str, str]:

@@ -7,6 +7,9 @@
 * :mod:`.evaluation`: lm-evaluation-harness on one checkpoint or a sweep over all of them (extra ``eval``);
 * :mod:`.gallery`: every checkpoint's outputs on the same prompts and items, as one static HTML page;
 * :mod:`.energy`: energy and carbon of a training (the K2 paper's factors, or a run's own step records);
+* :mod:`.data_index`, :mod:`.search`, :mod:`.trace`, :mod:`.contamination`: an infini-gram index of the training
+  rows' own ids (extra ``search``), searched for counts, occurrences, provenance and first checkpoints, tracing a
+  model's output back to its training rows (OLMoTrace), and benchmark contamination across checkpoints;
 * :mod:`.plots`: the PNGs.
 
 Checkpoint listing and loading live in the core (:mod:`k2hf.checkpoints`); this layer reads prepared data and run

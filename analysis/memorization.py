@@ -132,13 +132,13 @@ class RowSampler:
 
 # ---------------------------------------------------------------------------------------------- the analysis
 def select_checkpoints(available: list[Checkpoint], which: str | list[str] = "all") -> list[Checkpoint]:
-    """``all`` (every chunk checkpoint, or the one model of a model dir), or numbers, ranges and names
-    (``1,5,9``, ``1-4``, ``step_0000012``)."""
-    if which == "all":
+    """``all`` (every chunk checkpoint, or the one model of a model dir), ``last`` (the last of those), or numbers,
+    ranges and names (``1,5,9``, ``1-4``, ``step_0000012``)."""
+    if which in ("all", "last"):
         chosen = [c for c in available if c.kind in ("chunk", "model")]
         if not chosen:
             raise UserError("the source has no chunk checkpoints yet; name checkpoints with --checkpoints")
-        return chosen
+        return chosen[-1:] if which == "last" else chosen
     names = parse_selection(which) if isinstance(which, str) else which
     try:
         return [checkpoints_api.find(available, name) for name in names]

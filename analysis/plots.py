@@ -95,3 +95,42 @@ def plot_sweep(rows: list[dict], out: Path) -> Path | None:
     save_figure(fig, out)
     plt.close(fig)
     return out
+
+
+def _percent_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+
+
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, out)
+    plt.close(fig)
+    return out
+
+
+def plot_traced_share(names: list[str], shares: list[float], out: Path) -> Path:
+    """``k2hf trace`` across checkpoints: the share of each one's output inside verbatim training spans."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(len(shares)), [100 * s for s in shares], marker="o")
+    ax.set_xticks(range(len(shares)), names, rotation=45, ha="right")
+    _percent_axes(ax, "tokens in verbatim training spans (%)", "Traced share of the output per checkpoint")
+    return _save(plt, fig, out)
+
+
+def plot_contamination(tasks: dict[str, dict], checkpoints: list[int], out: Path) -> Path:
+    """``k2hf analyze contamination``: per task, the share of items contaminated by the data seen up to each
+    checkpoint (``tasks[task]["by_checkpoint"]``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for task, stats in tasks.items():
+        ax.step(checkpoints, [100 * stats["by_checkpoint"][str(k)] for k in checkpoints], where="post", marker=".",
+                label=f"{task}: {stats['contaminated']}/{stats['items']} items")
+    ax.set_xlabel("checkpoint (ckpt_N)")
+    ax.legend(fontsize=8)
+    _percent_axes(ax, "items contaminated (%)", "Benchmark items sharing an n-gram with the data seen so far")
+    return _save(plt, fig, out)

@@ -1,6 +1,7 @@
 """Doc commands do not rot: every command in the README's bash blocks is run (or, for cluster-scale launches,
 its configs are loaded and checked) in a sandbox laid out like the repo."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -67,7 +68,8 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
     assert ran.count("launch") == 3  # pretraining at 65B, SFT for each K2-Chat release
-    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval", "recipes"} <= set(ran)
+    assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval", "recipes",
+            "trace"} <= set(ran)
     assert "pretrain/tiny_stage1" in out and (sandbox / "my-recipes" / "tiny_stage1.yaml").is_file()
     assert "accelerate/zero3.yaml" in out
     assert ran.count("hub") == 5
@@ -76,6 +78,12 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "430.8 MWh, 165.9 tCO2eq" in out and "steps kept (" in out
     assert (sandbox / "outputs" / "demo" / "gallery" / "gallery.html").is_file()
     assert (sandbox / "outputs" / "demo" / "eval" / "sweep.csv").is_file()
+    # data search and trace on the demo's data: the index, a count line, the trace's and contamination's files
+    assert "indexed 76 rows (4,864 tokens)" in out and "occurrence(s); first checkpoint that had seen it" in out
+    trace = json.loads((sandbox / "outputs" / "demo" / "trace" / "trace.json").read_text())
+    assert [t["checkpoint"] for t in trace["traces"]] == ["ckpt_001", "ckpt_002", "ckpt_003", "ckpt_004"]
+    contamination = json.loads((sandbox / "outputs" / "demo" / "contamination" / "contamination.json").read_text())
+    assert contamination["tasks"]["k2hf_mc"]["items"] == 8
 
 
 def _check_launch(argv: list[str]) -> None:
@@ -140,9 +148,12 @@ def test_benchmark_commands_run_at_small_size():
 
     commands = benchmark_commands()
     scripts = ["bench/data_prepare.py", "bench/sft_pack.py", "bench/memorization.py", "bench/training_memory.py",
-               "bench/compile_cpu.py"]
+               "bench/compile_cpu.py", "bench/data_search.py"]
     assert [c.split()[1] for c in commands] == scripts
-    shrink = {"--mb 100": "--mb 1", "--conversations 20000": "--conversations 200",
+    if not (REPO_ROOT.parent / "shared" / "llama-tokenizer" / "tokenizer.model").is_file():
+        commands = commands[:-1]  # infini-gram's own indexing (the comparison) tokenizes with the real LLaMA model
+    shrink = {"--mb 100": "--mb 1", "--mb 1000": "--mb 2", "--queries 200": "--queries 20",
+              "--conversations 20000": "--conversations 200",
               "--rows 256 --batch-size 64": "--rows 8 --batch-size 4", "--steps 20": "--steps 2 --warmup 1"}
     for command in commands:
         for full, small in shrink.items():
@@ -157,6 +168,11 @@ def test_benchmark_commands_run_at_small_size():
             steps, ratio = lines[:3], lines[3]
             assert [r["case"] for r in steps] == ["k2_chunked_loss", "k2_plain_loss", "stock_llama"]
             assert all(r["step_peak_mb"] > 0 for r in steps) and ratio["loss_rel_diff"] <= 1e-6
+            continue
+        if argv[1] == "bench/data_search.py":
+            prepared, index, infini_gram, queries = lines
+            assert index["tokens"] == prepared["tokens"] and abs(infini_gram["tokens"] / index["tokens"] - 1) < 0.01
+            assert queries["count_warm_median_ms"] > 0 and queries["scan_over_warm_count"] > 0
             continue
         if argv[1] == "bench/compile_cpu.py":
             assert [r["mode"] for r in lines[:2]] == ["eager", "compiled"] and lines[1]["tokens_per_s"] > 0

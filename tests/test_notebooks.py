@@ -9,8 +9,8 @@ from conftest import REPO_ROOT
 NOTEBOOKS = sorted((REPO_ROOT / "examples").glob("*.ipynb"))
 
 
-def test_there_are_six_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_seven_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.slow

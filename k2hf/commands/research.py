@@ -39,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     mem.add_argument("--out", required=True)
     mem.set_defaults(func=_memorization)
 
+    cont = analyze.add_parser("contamination", help="benchmark items sharing an n-gram with the training data, "
+                              "and from which checkpoint on (needs `k2hf data index`)")
+    _add_index_flags(cont)
+    items = cont.add_mutually_exclusive_group(required=True)
+    items.add_argument("--tasks", help="comma-separated lm-evaluation-harness tasks (extra `eval`)")
+    items.add_argument("--items", help='JSONL items: {"id", "text"}')
+    cont.add_argument("--n", type=int, default=13, help="n-gram length in tokens (13: GPT-3 / the harness)")
+    cont.add_argument("--limit", type=int, help="documents per task (for quick looks)")
+    cont.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
+    cont.add_argument("--out", required=True)
+    cont.set_defaults(func=_contamination)
+
     ev = sub.add_parser("eval", help="lm-evaluation-harness on one model (run) or on every checkpoint (sweep)")
     runs = ev.add_subparsers(dest="eval_command", required=True)
     run = runs.add_parser("run", help="evaluate one model (a model dir, or a Hub id with --revision)")
@@ -68,6 +80,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_section_flags(gallery, GalleryConfig)
     gallery.add_argument("--out", required=True)
     gallery.set_defaults(func=_gallery)
+
+    trace = sub.add_parser("trace", help="spans of a model's output found verbatim in the training data, with "
+                           "their first checkpoint (OLMoTrace; needs `k2hf data index`)")
+    _add_index_flags(trace)
+    what = trace.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="generate from this prompt (needs --model) and trace the continuation")
+    what.add_argument("--text", help="trace this text")
+    trace.add_argument("--model", help="a run dir, a model dir, or a Hub repo (e.g. LLM360/K2)")
+    which = trace.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="the checkpoint to generate with: N for ckpt_N, or a name (default: "
+                       "the last)")
+    which.add_argument("--checkpoints", help="several, to see the traced share grow: " + CHECKPOINTS_HELP)
+    trace.add_argument("--min-len", type=int, default=8, help="shortest span to report, in tokens")
+    trace.add_argument("--max-count", type=int, default=100_000,
+                       help="spans more frequent than this are not reported (they say little about a source)")
+    trace.add_argument("--max-new-tokens", type=int, default=64)
+    trace.add_argument("--sources", type=int, default=3, help="training rows shown per span")
+    trace.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
+    trace.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    trace.add_argument("--out", required=True)
+    trace.set_defaults(func=_trace)
 
     report = sub.add_parser("report", help="reports: energy and carbon").add_subparsers(dest="report_command",
                                                                                       required=True)
@@ -148,4 +181,59 @@ def _energy(args: argparse.Namespace) -> int:
     if args.gpus is not None or args.days is not None or args.gpu_hours is not None:
         raise UserError("a run dir brings its own GPU-hours: drop --gpus/--days/--gpu-hours")
     print(run_energy(args.run, **factors).report())
+    return 0
+
+
+def _add_index_flags(parser: argparse.ArgumentParser) -> None:
+    """The index to query, and where the data and first checkpoints come from."""
+    parser.add_argument("--index", required=True, help="an index dir from `k2hf data index`")
+    parser.add_argument("--data", help="the indexed data dir, if it moved since indexing")
+    parser.add_argument("--order", help="first checkpoints from: a run dir (what it did), a data dir, or a preset "
+                        "(k2) (default: the indexed data's order; for `trace --model RUN_DIR`, that run's)")
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from k2hf.analysis.search import DataSearch
+    from k2hf.analysis.trace import trace_model, trace_text, write_trace
+    from k2hf.errors import UserError
+    from k2hf.formats import RunDir
+
+    if args.prompt is not None and not args.model:
+        raise UserError("--prompt needs --model (the model that continues it); or trace a --text")
+    order = args.order
+    if order is None and args.model and RunDir.is_run_dir(Path(args.model)):
+        order = args.model  # what that run actually trained, rollbacks included
+    search = DataSearch(args.index, data=args.data, order=order)
+    options = {"min_len": args.min_len, "max_count": args.max_count, "sources": args.sources}
+    if args.text is not None:
+        traces = [trace_text(search, args.text, **options)]
+    else:
+        kwargs = {"device_map": args.device} if args.device else {}
+        if args.dtype:
+            kwargs["dtype"] = args.dtype
+        which = args.checkpoints or args.checkpoint or "last"
+        traces = trace_model(args.model, search, args.prompt, checkpoints=which, max_new_tokens=args.max_new_tokens,
+                             trace_kwargs=options, **kwargs)
+    path = write_trace(traces, search, args.out, {"min_len": args.min_len, "max_count": args.max_count})
+    for t in traces:
+        print(f"{t.checkpoint or 'text'}: {100 * t.traced_share:.1f}% of {len(t.ids)} tokens traced in "
+              f"{len(t.spans)} span(s)")
+    print(f"trace: {path} and {path.with_name('trace.html')}")
+    return 0
+
+
+def _contamination(args: argparse.Namespace) -> int:
+    from k2hf.analysis.contamination import analyze_contamination, read_items, summary_text, task_items
+    from k2hf.analysis.search import DataSearch
+
+    search = DataSearch(args.index, data=args.data, order=args.order)
+    if args.items:
+        items = {"items": read_items(args.items)}
+    else:
+        items = task_items([t for t in args.tasks.split(",") if t], args.include_path, args.limit)
+    record = analyze_contamination(search, items, args.out, n=args.n)
+    print(summary_text(record))
+    print(f"per item: {args.out}/contamination.csv, contamination.json; plot: contamination.png")
     return 0

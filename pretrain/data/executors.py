@@ -81,34 +81,36 @@ class _QuietLocalExecutor(LocalPipelineExecutor):
 def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool = True) -> None:
     """All four stages on this machine, one after the other, ``workers`` tasks at a time."""
     counts = stage_tasks(run, tasks)
+    for stage, step in STAGES:
+        with StageProgress(run, stage, enabled=progress):
+            _run_local_step(step(run), counts[stage], workers, _logging_dir(run, stage, counts[stage]))
+
+
+def _run_local_step(step, tasks: int, workers: int, logging_dir: str, skip_completed: bool = True) -> None:
+    """One pipeline step as ``tasks`` datatrove tasks on this machine, ``workers`` at a time."""
     logger.disable("datatrove")
     # The worker pool is stopped with SIGTERM: forked workers must not inherit a handler that catches it (a Ray
     # driver's, a trainer's in the same process), or closing the pool waits on them forever.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
     try:
-        for stage, step in STAGES:
-            executor = _QuietLocalExecutor(
-                [step(run)], tasks=counts[stage], workers=min(workers, counts[stage]),
-                logging_dir=_logging_dir(run, stage, counts[stage]), start_method=START_METHOD)
-            with StageProgress(run, stage, enabled=progress):
-                executor.run()
+        _QuietLocalExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
+                            start_method=START_METHOD, skip_completed=skip_completed).run()
     finally:
         logger.enable("datatrove")
         if main:
             signal.signal(signal.SIGTERM, previous)
 
 
-class StageProgress:
-    """A progress bar for a stage run by tasks in other processes: it watches the files they finish (shards with
-    their document and token counts; chunk results), so it shows docs/s and tokens/s whatever runs the tasks."""
+class _Watcher:
+    """While the context is open, a thread runs ``_watch`` (a progress bar over files that tasks in other
+    processes finish, on whatever executor); it polls every ``interval`` seconds until ``_stop`` is set."""
 
-    def __init__(self, run: PrepareRun, stage: str, enabled: bool = True, interval: float = 0.5) -> None:
-        self.run, self.stage, self.interval = run, stage, interval
-        self.enabled = enabled and stage in ("tokenize", "write")
+    def __init__(self, enabled: bool, interval: float) -> None:
+        self.enabled, self.interval = enabled, interval
         self._stop = threading.Event()
 
-    def __enter__(self) -> StageProgress:
+    def __enter__(self):
         if self.enabled:
             self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
@@ -118,6 +120,77 @@ class StageProgress:
         if self.enabled:
             self._stop.set()
             self._thread.join()
+
+    def _watch(self) -> None:
+        raise NotImplementedError
+
+
+class TaskProgress(_Watcher):
+    """A progress bar over tasks' results: ``done()`` counts those finished, up to ``total``."""
+
+    def __init__(self, done, total: int, desc: str, unit: str = "shard", enabled: bool = True,
+                 interval: float = 0.5) -> None:
+        super().__init__(enabled, interval)
+        self.done, self.total, self.desc, self.unit = done, total, desc, unit
+
+    def _watch(self) -> None:
+        bar = tqdm(total=self.total, desc=self.desc, unit=self.unit)
+        while True:
+            stopping = self._stop.is_set()
+            bar.update(min(self.done(), self.total) - bar.n)
+            if stopping or bar.n >= self.total:
+                break
+            self._stop.wait(self.interval)
+        bar.close()
+
+
+def run_step(step, tasks: int, workers: int, logging_dir: str, executor: str = "local",
+             slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False,
+             progress: bool = True, desc: str = "tasks", done=None, total: int = 0,
+             skip_completed: bool = True) -> str | None:
+    """Run one pipeline step (a :class:`datatrove.pipeline.base.PipelineStep` whose task ``rank`` of
+    ``world_size`` does its share) on an executor. Finished tasks recorded under ``logging_dir`` are skipped on a
+    rerun; ``skip_completed=False`` runs every task again, for steps that keep their own record of finished work
+    (which outlives datatrove's when a result is removed). A progress bar counts ``done()`` up to ``total``.
+    Returns the sbatch script when the step went to Slurm (with ``dry_run`` only written), else ``None``."""
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
+    if dry_run and executor != "slurm":
+        raise ExecutorError("--dry-run is for the slurm executor (it writes the sbatch script without submitting)")
+    watch = TaskProgress(done, total, desc, enabled=progress and done is not None and executor != "slurm")
+    if executor == "local":
+        with watch:
+            _run_local_step(step, tasks, workers, logging_dir, skip_completed)
+        return None
+    if executor == "ray":
+        RayPipelineExecutor = _ray_executor(ray_address)
+        with watch:
+            RayPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
+                                skip_completed=skip_completed).run()
+        return None
+    settings = slurm or SlurmSettings()
+    if not settings.partition:
+        raise ExecutorError("the slurm executor needs a partition: `--slurm-partition P`")
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    executor_ = SlurmPipelineExecutor(
+        [step], tasks=tasks, workers=workers if tasks > 1 else 1, time=settings.time, partition=settings.partition,
+        cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=settings.job_name,
+        env_command=settings.env_command, sbatch_args=dict(settings.sbatch_args), logging_dir=logging_dir,
+        skip_completed=skip_completed)
+    script = slurm_script(executor_)
+    if not dry_run:
+        executor_.run()
+    return script
+
+
+class StageProgress(_Watcher):
+    """A progress bar for a preparation stage: it watches the files its tasks finish (shards with their document
+    and token counts; chunk results), so it shows docs/s and tokens/s whatever runs the tasks."""
+
+    def __init__(self, run: PrepareRun, stage: str, enabled: bool = True, interval: float = 0.5) -> None:
+        super().__init__(enabled and stage in ("tokenize", "write"), interval)
+        self.run, self.stage = run, stage
 
     def _watch(self) -> None:
         if self.stage == "tokenize":
@@ -172,16 +245,17 @@ def slurm_executors(run: PrepareRun, tasks: int | None, workers: int, settings: 
 def slurm_dry_run(executors: list) -> list[tuple[str, str]]:
     """The sbatch scripts the Slurm executors would submit, without submitting: (stage, script) pairs. The
     ``--dependency`` of each stage on the previous one is added by ``sbatch`` arguments at submission."""
-    scripts = []
-    for (stage, _), executor in zip(STAGES, executors):
-        command = f"launch_pickled_pipeline {shlex.quote(executor.logging_dir.resolve_paths('executor.pik'))}"
-        script = executor.get_launch_file_contents(executor.get_sbatch_args(executor.world_size), command)
-        scripts.append((stage, script))
-    return scripts
+    return [(stage, slurm_script(executor)) for (stage, _), executor in zip(STAGES, executors)]
 
 
-def run_ray(run: PrepareRun, tasks: int | None, workers: int, address: str | None, progress: bool = True) -> None:
-    """All four stages on a Ray cluster (``address``), or on a local Ray started here."""
+def slurm_script(executor) -> str:
+    """The sbatch script a datatrove Slurm executor submits."""
+    command = f"launch_pickled_pipeline {shlex.quote(executor.logging_dir.resolve_paths('executor.pik'))}"
+    return executor.get_launch_file_contents(executor.get_sbatch_args(executor.world_size), command)
+
+
+def _ray_executor(address: str | None):
+    """datatrove's Ray executor class, with Ray started (or joined at ``address``)."""
     try:
         import ray
         from datatrove.executor.ray import RayPipelineExecutor
@@ -189,6 +263,12 @@ def run_ray(run: PrepareRun, tasks: int | None, workers: int, address: str | Non
         raise ExecutorError(f"the ray executor needs Ray: pip install 'k2hf[ray]' ({error})") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return RayPipelineExecutor
+
+
+def run_ray(run: PrepareRun, tasks: int | None, workers: int, address: str | None, progress: bool = True) -> None:
+    """All four stages on a Ray cluster (``address``), or on a local Ray started here."""
+    RayPipelineExecutor = _ray_executor(address)
     counts = stage_tasks(run, tasks)
     for stage, step in STAGES:
         executor = RayPipelineExecutor([step(run)], tasks=counts[stage], workers=min(workers, counts[stage]),

@@ -1,0 +1,198 @@
+"""Trace a model's words back to its training data (OLMoTrace, Liu et al. 2025, on K2's data sequence).
+
+Generate from a prompt (or take a text), find the maximal spans of the output that occur verbatim in the training
+rows (infini-gram's ``attribute``: a span is kept when it cannot be extended either way and still be found), and
+for each span its count, the first checkpoint that had trained on it and a few source rows. Across checkpoints,
+the traced share of the output shows how much of what a model says it has seen verbatim, as training goes on.
+
+Output: ``OUT/trace.json`` (``spans`` with token offsets into the traced text) and ``OUT/trace.html``, one static
+page with the spans highlighted (every string escaped, no script); ``OUT/traced_share.png`` across checkpoints.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import k2hf.checkpoints as checkpoints_api
+from k2hf.errors import UserError
+
+from .memorization import select_checkpoints
+from .plots import plot_traced_share
+from .search import DataSearch
+
+TRACE_JSON = "trace.json"
+TRACE_HTML = "trace.html"
+TRACE_PNG = "traced_share.png"
+
+
+@dataclass
+class TracedSpan:
+    """Tokens ``start:end`` of the traced text occur ``count`` times in the training rows; ``first_checkpoint``
+    had trained on one of them first; ``sources``: a few occurrences (earliest first) with the row's text."""
+
+    start: int
+    end: int
+    text: str
+    count: int
+    first_checkpoint: int | None
+    sources: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Trace:
+    """One traced text: which checkpoint generated it (``None`` for a given text), its ids and spans."""
+
+    checkpoint: str | None
+    prompt: str | None
+    text: str
+    ids: list[int]
+    spans: list[TracedSpan]
+
+    @property
+    def traced_share(self) -> float:
+        """The share of the text's tokens inside at least one traced span."""
+        covered = {i for s in self.spans for i in range(s.start, s.end)}
+        return len(covered) / len(self.ids) if self.ids else 0.0
+
+    def to_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint, "prompt": self.prompt, "text": self.text, "ids": self.ids,
+                "tokens": len(self.ids), "traced_share": self.traced_share, "spans": [asdict(s) for s in self.spans]}
+
+
+def trace_ids(search: DataSearch, ids: list[int], min_len: int = 8, max_count: int = 100_000,
+              sources: int = 3, context: int = 16) -> list[TracedSpan]:
+    """The maximal spans of ``ids`` (at least ``min_len`` tokens, at most ``max_count`` occurrences: very common
+    spans say little about where a text came from) found in the training rows, in text order."""
+    if not ids:
+        return []
+    found = search.engine.attribute(input_ids=[int(i) for i in ids], delim_ids=[], min_len=min_len,
+                                    max_cnt=max_count, enforce_bow=False)
+    spans = []
+    for span in DataSearch._check(found)["spans"]:
+        start, end = int(span["l"]), int(span["r"])
+        result = search.search(ids[start:end], limit=sources, next_tokens=0)
+        spans.append(TracedSpan(
+            start, end, search.tokenizer.decode(ids[start:end]), result.count, result.first_checkpoint,
+            [{"chunk": o.chunk, "row": o.row, "offset": o.offset, "first_checkpoint": o.first_checkpoint,
+              "source": asdict(o.source) if o.source else None,
+              "text": search.row_text(o.chunk, o.row, max(0, o.offset - context), o.offset + end - start + context)}
+             for o in result.occurrences]))
+    return spans
+
+
+def trace_text(search: DataSearch, text: str, **kwargs) -> Trace:
+    """Trace a given text (encoded with the data's tokenizer, no BOS)."""
+    ids = search.encode(text)
+    return Trace(None, None, text, ids, trace_ids(search, ids, **kwargs))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy continuation ids of ``prompt``, encoded as training rows are (no BOS: K2's rows have none)."""
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+    return [int(t) for t in out[0, ids.shape[1]:] if int(t) != tokenizer.eos_token_id]
+
+
+def trace_model(source: str | os.PathLike, search: DataSearch, prompt: str, checkpoints: str = "all",
+                max_new_tokens: int = 64, progress: bool = True, trace_kwargs: dict | None = None,
+                **from_pretrained_kwargs) -> list[Trace]:
+    """Each selected checkpoint of ``source`` continues ``prompt``; its continuation is traced."""
+    from transformers import AutoTokenizer
+
+    selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)
+    traces = []
+    for checkpoint in tqdm(selected, desc="trace", unit="checkpoint", disable=not progress):
+        name_or_path, kwargs = checkpoint.from_pretrained_args()
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
+        ids = generate(model, tokenizer, prompt, max_new_tokens)
+        del model
+        text = tokenizer.decode(ids)
+        if tokenizer.get_vocab() != search.tokenizer.get_vocab():  # another vocabulary: trace the words
+            ids = search.encode(text)
+        traces.append(Trace(checkpoint.name, prompt, text, ids, trace_ids(search, ids, **(trace_kwargs or {}))))
+    return traces
+
+
+def write_trace(traces: list[Trace], search: DataSearch, out: str | os.PathLike, settings: dict) -> Path:
+    """``trace.json`` (the last trace's spans at the top, every checkpoint's under ``traces``), the HTML page and,
+    for several checkpoints, the traced share per checkpoint as a PNG."""
+    if not traces:
+        raise UserError("nothing to trace")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    last = traces[-1]
+    record = {"index": str(search.index_dir), "data": str(search.data.path), **settings, **last.to_dict(),
+              "traces": [t.to_dict() for t in traces]}
+    (out / TRACE_JSON).write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    (out / TRACE_HTML).write_text(render_html(traces, search, settings), encoding="utf-8")
+    if len(traces) > 1:
+        plot_traced_share([t.checkpoint or "text" for t in traces], [t.traced_share for t in traces], out / TRACE_PNG)
+    return out / TRACE_JSON
+
+
+def _highlighted(trace: Trace, search: DataSearch) -> str:
+    """The text token by token, tokens inside spans marked (darker where more spans cover them)."""
+    depth = [0] * len(trace.ids)
+    for span in trace.spans:
+        for i in range(span.start, span.end):
+            depth[i] += 1
+    parts, previous = [], ""
+    for i in range(len(trace.ids)):
+        # decode prefixes so SentencePiece's spaces come out as the whole text does
+        text = search.tokenizer.decode(trace.ids[: i + 1])
+        piece, previous = text[len(previous):], text
+        escaped = html.escape(piece)
+        parts.append(f'<mark class="d{min(depth[i], 3)}">{escaped}</mark>' if depth[i] else escaped)
+    return "".join(parts)
+
+
+def render_html(traces: list[Trace], search: DataSearch, settings: dict) -> str:
+    """One static page: per trace the text with spans highlighted, then each span with its count, first
+    checkpoint and source rows. Every string goes through ``html.escape``."""
+    e = html.escape
+    sections = []
+    for trace in traces:
+        rows = []
+        for span in trace.spans:
+            first = f"ckpt_{span.first_checkpoint:03d}" if span.first_checkpoint else "not trained yet"
+            sources = "".join(
+                f"<li>chunk {s['chunk']} row {s['row']} token {s['offset']}"
+                f"{' - ' + e(s['source']['subset']) + ' ' + e(s['source']['file']) + ' record ' + str(s['source']['record']) if s['source'] else ''}"  # noqa: E501
+                f"<br><code>{e(s['text'])}</code></li>" for s in span.sources)
+            rows.append(f"<tr><td>{span.start}-{span.end}</td><td><code>{e(span.text)}</code></td>"
+                        f"<td>{span.count:,}</td><td>{first}</td><td><ul>{sources}</ul></td></tr>")
+        title = e(trace.checkpoint) if trace.checkpoint else "given text"
+        prompt = f"<p class=\"prompt\">Prompt: <code>{e(trace.prompt)}</code></p>" if trace.prompt else ""
+        sections.append(
+            f"<section><h2>{title}: {100 * trace.traced_share:.1f}% of {len(trace.ids)} tokens traced, "
+            f"{len(trace.spans)} span(s)</h2>{prompt}<p class=\"text\">{_highlighted(trace, search)}</p>"
+            f"<table><thead><tr><th>tokens</th><th>span</th><th>count</th><th>first checkpoint</th>"
+            f"<th>training rows (earliest first)</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>K2 trace</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; max-width: 70em; }} table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }} code {{ white-space: pre-wrap; }}
+p.text {{ white-space: pre-wrap; font-family: monospace; line-height: 1.6; border: 1px solid #ddd; padding: 8px; }}
+mark.d1 {{ background: #fff3b0; }} mark.d2 {{ background: #ffd966; }} mark.d3 {{ background: #f4b400; }}
+</style></head><body>
+<h1>Training-data trace</h1>
+<p>Spans of at least {settings.get("min_len")} tokens found verbatim in the training rows of {e(str(search.data.path))}
+(index {e(str(search.index_dir))}), highlighted; darker where spans overlap.</p>
+{chr(10).join(sections)}
+</body></html>
+"""
+
+
+__all__ = ["Trace", "TracedSpan", "generate", "render_html", "trace_ids", "trace_model", "trace_text",
+           "write_trace"]
