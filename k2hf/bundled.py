@@ -23,13 +23,15 @@ from pathlib import Path
 
 from .errors import UserError
 
-# name prefix -> (package, folder inside it, what the recipes there are for)
+# name prefix -> (package, folder inside it, what the recipes there are for, their file suffix)
 KINDS = {
-    "data": ("k2hf.pretrain", "configs/data", "data recipe (k2hf data prepare --config)"),
-    "pretrain": ("k2hf.pretrain", "configs", "pretraining recipe (k2hf pretrain --config)"),
-    "accelerate": ("k2hf.pretrain", "accelerate", "accelerate config (accelerate launch --config_file)"),
-    "sft": ("k2hf.finetune", "recipes", "SFT recipe (k2hf sft --recipe)"),
+    "data": ("k2hf.pretrain", "configs/data", "data recipe (k2hf data prepare --config)", ".yaml"),
+    "pretrain": ("k2hf.pretrain", "configs", "pretraining recipe (k2hf pretrain --config)", ".yaml"),
+    "accelerate": ("k2hf.pretrain", "accelerate", "accelerate config (accelerate launch --config_file)", ".yaml"),
+    "sft": ("k2hf.finetune", "recipes", "SFT recipe (k2hf sft --recipe)", ".yaml"),
+    "slurm": ("k2hf.pretrain", "slurm", "Slurm job script (sbatch)", ".sbatch"),
 }
+SUFFIXES = (".yaml", ".yml", ".sbatch")
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,9 @@ class BundledRecipe:
 
     @property
     def summary(self) -> str:
-        """The recipe's first comment line."""
+        """The recipe's first comment line (past a script's ``#!``)."""
         for line in self.path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("#"):
+            if line.startswith("#") and not line.startswith("#!"):
                 return line.lstrip("# ").strip()
         return ""
 
@@ -57,15 +59,15 @@ def _folder(package: str, sub: str) -> Path:
 def list_recipes() -> list[BundledRecipe]:
     """Every bundled recipe, by kind then name."""
     found = []
-    for kind, (package, sub, _) in KINDS.items():
+    for kind, (package, sub, _, suffix) in KINDS.items():
         folder = _folder(package, sub)
-        found += [BundledRecipe(f"{kind}/{p.stem}", kind, p) for p in sorted(folder.glob("*.yaml"))]
+        found += [BundledRecipe(f"{kind}/{p.stem}", kind, p) for p in sorted(folder.glob(f"*{suffix}"))]
     return found
 
 
 def find_recipe(name: str) -> BundledRecipe:
-    """A bundled recipe by name (``pretrain/tiny_stage1``; ``.yaml`` may be given)."""
-    name = name.removesuffix(".yaml")
+    """A bundled recipe by name (``pretrain/tiny_stage1``; its suffix may be given)."""
+    name = next((name.removesuffix(s) for s in SUFFIXES if name.endswith(s)), name)
     recipes = list_recipes()
     for recipe in recipes:
         if recipe.name == name:
@@ -78,12 +80,13 @@ def find_recipe(name: str) -> BundledRecipe:
 
 
 def copy_recipe(name: str, dest: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Copy a bundled recipe into ``dest`` (a folder, created if needed, or a file path ending in ``.yaml``)."""
+    """Copy a bundled recipe into ``dest`` (a folder, created if needed, or a file path ending in ``.yaml`` or,
+    for a Slurm script, ``.sbatch``)."""
     recipe = find_recipe(name)
     dest = Path(dest)
-    if dest.is_file() and dest.suffix not in (".yaml", ".yml"):
-        raise UserError(f"{dest} is a file: give a folder, or a path ending in .yaml")
-    target = dest if dest.suffix in (".yaml", ".yml") else dest / recipe.path.name
+    if dest.is_file() and dest.suffix not in SUFFIXES:
+        raise UserError(f"{dest} is a file: give a folder, or a path ending in {recipe.path.suffix}")
+    target = dest if dest.suffix in SUFFIXES else dest / recipe.path.name
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists: remove it or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,9 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
         elif argv[:2] == ["accelerate", "launch"]:
             _check_launch(argv)
             ran.append("launch")
+        elif argv[0] == "sbatch":  # the script itself runs under stand-ins for Slurm in test_slurm_script.py
+            assert Path(argv[-1]).is_file() and "#SBATCH --signal=B:USR1@600" in Path(argv[-1]).read_text()
+            ran.append("sbatch")
         else:
             pytest.fail(f"README command not covered by this test: {command}")
     out = capsys.readouterr().out
@@ -67,7 +70,7 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
     assert "ckpt_003 <- chunk 3 (step 27)  [planned: chunk 2]" in out and "ckpt_004 <- chunk 2 (step 36)" in out
     assert "chunk 2 row 5 (64 tokens)" in out
     assert "packed" in out and (sandbox / "outputs" / "demo" / "pretrain" / "stage1" / "spikes.png").is_file()
-    assert ran.count("launch") == 3  # pretraining at 65B, SFT for each K2-Chat release
+    assert ran.count("launch") == 3 and ran.count("sbatch") == 1  # 65B pretraining (also on Slurm), SFT x 2
     assert {"data", "spikes", "sft", "checkpoints", "analyze", "report", "gallery", "eval", "recipes",
             "trace"} <= set(ran)
     assert "pretrain/tiny_stage1" in out and (sandbox / "my-recipes" / "tiny_stage1.yaml").is_file()

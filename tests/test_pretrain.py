@@ -54,6 +54,9 @@ def _recipe(tmp: Path, data: Path, name: str = "run", **extra) -> Path:
     return path
 
 
+SLURM_SCRIPT = REPO_ROOT / "pretrain" / "slurm" / "pretrain.sbatch"
+
+
 def _launch_command(engine: str, recipe: Path) -> tuple[list[str], dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if engine == "ddp":
@@ -409,15 +412,24 @@ def test_a_preemption_signal_stops_at_the_step_boundary_with_a_checkpoint(sample
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, signalled", [("ddp", "one rank"), ("zero3", "every rank")])
+@pytest.mark.parametrize("engine, signalled", [("ddp", "one rank"), ("ddp", "every rank"), ("zero3", "one rank"),
+                                               ("zero3", "every rank"), ("zero3", "the launcher")])
 def test_sigterm_under_two_processes_stops_together_and_resumes_bitwise(reference_runs, sample_data, tmp_path,
                                                                          engine, signalled):
     """Slurm's SIGTERM reaching one rank (or all): the ranks agree at the next step boundary (one all-reduce), save
-    one step checkpoint together and exit 75; relaunching resumes bitwise like an uninterrupted run."""
+    one step checkpoint together and exit 75; relaunching resumes bitwise like an uninterrupted run. "the
+    launcher": SIGUSR1 to `accelerate launch` itself, set up as pretrain/slurm/pretrain.sbatch sets it up, which
+    passes it on to the ranks and gives them its shutdown timeout to save."""
     import psutil
 
     recipe = _recipe(tmp_path, sample_data / "stage1", name=engine, checkpoint={"every_steps": 1})
     cmd, env = _launch_command(engine, recipe)
+    if signalled == "the launcher":
+        settings = subprocess.run(["bash", "-c", f"source <(grep -E '^(SIGNALS|GRACE|export PET_)' {SLURM_SCRIPT}) "
+                                   "&& echo $PET_SIGNALS_TO_HANDLE $PET_SHUTDOWN_TIMEOUT"],
+                                  capture_output=True, text=True, check=True).stdout.split()
+        assert "SIGUSR1" in settings[0].split(",")
+        env.update(PET_SIGNALS_TO_HANDLE=settings[0], PET_SHUTDOWN_TIMEOUT=settings[1])
     log = tmp_path / "preempted.log"
     with open(log, "w") as output:
         process = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -428,12 +440,14 @@ def test_sigterm_under_two_processes_stops_together_and_resumes_bitwise(referenc
         time.sleep(0.05)
     workers = [p for p in psutil.Process(process.pid).children(recursive=True) if TRAIN_SCRIPT in p.cmdline()]
     assert len(workers) == 2, workers
-    for worker in workers[:1] if signalled == "one rank" else workers:
+    if signalled == "the launcher":
+        process.send_signal(signal.SIGUSR1)
+    for worker in {"one rank": workers[:1], "every rank": workers}.get(signalled, []):
         worker.send_signal(signal.SIGTERM)
     process.wait(timeout=300)
     text = log.read_text()
-    assert re.search(r"train\.py: preempted \((SIGTERM|a signal on another rank)\) at step \d+; checkpoint step_\d+ "
-                     r"saved: rerun the same command to resume", text), text[-4000:]
+    assert re.search(r"train\.py: preempted \((SIGTERM|SIGUSR1|a signal on another rank)\) at step \d+; checkpoint "
+                     r"step_\d+ saved: rerun the same command to resume", text), text[-4000:]
     stopped = RunDir(run).latest_checkpoint()
     assert stopped.global_step < 8 and len(_metrics(run)) == stopped.global_step  # one step boundary, agreed
     _launch(engine, recipe)  # the same command again

@@ -62,8 +62,10 @@ def test_recipes_list_copy_and_path(tmp_path, capsys):
     assert {"data/sample", "pretrain/tiny_stage1", "pretrain/k2_65b_stage1", "accelerate/zero3", "sft/tiny",
             "sft/k2_chat_1031"} <= set(names)
     folders = ("pretrain/configs", "pretrain/configs/data", "pretrain/accelerate", "finetune/recipes")
-    yamls = {p for folder in folders for p in (REPO_ROOT / folder).glob("*.yaml")}
-    assert len(names) == len(yamls) == 17 and {r.path for r in list_recipes()} == yamls  # every one, once
+    files = {p for folder in folders for p in (REPO_ROOT / folder).glob("*.yaml")}
+    files |= set((REPO_ROOT / "pretrain" / "slurm").glob("*.sbatch"))
+    assert len(names) == len(files) == 18 and {r.path for r in list_recipes()} == files  # every one, once
+    assert find_recipe("slurm/pretrain.sbatch").summary.startswith("K2 pretraining on Slurm")
     assert find_recipe("zero3") == find_recipe("accelerate/zero3.yaml")  # unique short names work too
     assert cli.main(["recipes", "list"]) == 0
     listed = capsys.readouterr().out
