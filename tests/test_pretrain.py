@@ -360,13 +360,15 @@ def test_row_read_errors_name_chunk_and_rows(sample_data):
 
 
 def test_ctrl_c_in_pretrain_is_one_line_exit_130_and_resumable(sample_data, tmp_path):
-    # 38 steps of 2 rows with a checkpoint every 2: long enough (~10 s) that the signal lands mid-run even when this
-    # poller is starved of CPU (with 8 steps of 8 rows, a loaded CI machine once finished the whole run between the
-    # second metrics line and the signal)
-    recipe = _recipe(tmp_path, sample_data / "stage1", global_batch_tokens=128, checkpoint={"every_steps": 2})
+    # a checkpoint every step keeps the 8-step run long enough that the signal lands mid-run (with one every 2
+    # steps, a fast machine once finished the run between the third metrics line and the signal)
+    recipe = _recipe(tmp_path, sample_data / "stage1", checkpoint={"every_steps": 1})
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # as started from a terminal: SIGINT at its default action (a shell without job control starts `cmd &` with
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: a CI step run that way passes it on)
     proc = subprocess.Popen([sys.executable, "-m", "k2hf.cli", "pretrain", "--config", str(recipe)], env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 180
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
