@@ -106,10 +106,10 @@ def check_item(search: DataSearch, text: str, n: int = 13) -> tuple[bool, int | 
     ids = search.encode(text)
     size = min(n, len(ids))
     windows = len(ids) - size + 1
-    # count queries per window (exact, no document lists: a boilerplate n-gram can occur millions of times)
-    starts = [s for s in range(windows) if search.count(ids[s:s + size]) > 0]
-    firsts = [search.first_checkpoint(ids[s:s + size]) for s in starts]
-    known = [f for f in firsts if f is not None]
+    # one exact find per window (no document lists: a boilerplate n-gram can occur millions of times)
+    found = [search.search(ids[s:s + size], limit=0, next_tokens=0) for s in range(windows)]
+    starts = [s for s, result in enumerate(found) if result.count]
+    known = [found[s].first_checkpoint for s in starts if found[s].first_checkpoint is not None]
     return bool(starts), (min(known) if known else None), windows, len(starts)
 
 

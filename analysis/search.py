@@ -209,6 +209,14 @@ class DataSearch:
     def first_checkpoint(self, query: str | list[int]) -> int | None:
         return self.search(query, limit=0, next_tokens=0).first_checkpoint
 
+    def maximal_spans(self, ids: list[int], min_len: int, max_count: int) -> list[tuple[int, int]]:
+        """``(start, end)`` of every maximal span of ``ids`` found in the rows (at least ``min_len`` tokens, at
+        most ``max_count`` occurrences; a span is maximal when it cannot be extended either way and still be
+        found): infini-gram's ``attribute``, OLMoTrace's span finder."""
+        found = self._check(self.engine.attribute(input_ids=[int(i) for i in ids], delim_ids=[], min_len=min_len,
+                                                  max_cnt=max_count, enforce_bow=False))
+        return [(int(span["l"]), int(span["r"])) for span in found["spans"]]
+
     # ------------------------------------------------------------------ locating
     def _pointers(self, shard: int, lo: int, hi: int) -> np.ndarray:
         """Byte positions (in the shard's ``tokenized.0``) of suffix-array ranks ``lo..hi``."""

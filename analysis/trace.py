@@ -72,11 +72,8 @@ def trace_ids(search: DataSearch, ids: list[int], min_len: int = 8, max_count: i
     spans say little about where a text came from) found in the training rows, in text order."""
     if not ids:
         return []
-    found = search.engine.attribute(input_ids=[int(i) for i in ids], delim_ids=[], min_len=min_len,
-                                    max_cnt=max_count, enforce_bow=False)
     spans = []
-    for span in DataSearch._check(found)["spans"]:
-        start, end = int(span["l"]), int(span["r"])
+    for start, end in search.maximal_spans(ids, min_len, max_count):
         result = search.search(ids[start:end], limit=sources, next_tokens=0)
         spans.append(TracedSpan(
             start, end, search.tokenizer.decode(ids[start:end]), result.count, result.first_checkpoint,
