@@ -300,7 +300,7 @@ def build_index(data_dir: str | os.PathLike, out: str | os.PathLike, shards: int
                              done=lambda: sum(shard_is_built(out, s, plan) for s in plan.shards) - (
                                  len(plan.shards) - len(todo)), total=len(todo), skip_completed=False)
         if submitted:
-            (out / SLURM_SCRIPT).write_text(submitted)
+            (out / SLURM_SCRIPT).write_text(submitted[0])
             return None
     missing = [s.index for s in plan.shards if not shard_is_built(out, s, plan)]
     if missing:

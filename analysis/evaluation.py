@@ -15,18 +15,21 @@ import logging
 import os
 import platform
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
 import k2hf.checkpoints as checkpoints_api
 from k2hf.errors import UserError
 
+from .checkpoint_tasks import CheckpointJob, Execution, Merged, checkpoint_identity, run_job
 from .memorization import select_checkpoints
 
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 SWEEP_CSV = "sweep.csv"
+SWEEP_JSON = "sweep.json"
 OFFLINE_TASKS = {
     "k2hf_mc": {"file": "mc.jsonl", "output_type": "multiple_choice", "doc_to_text": "{{question}}",
                 "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
@@ -132,34 +135,98 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def sweep(source: str, tasks: list[str], out: str | os.PathLike, every: int = 1, checkpoints: str = "all",
-          progress: bool = True, **eval_kwargs) -> Path:
-    """``k2hf eval sweep``: every ``every``-th checkpoint of a run dir or Hub repo, each loaded once for all tasks;
-    finished checkpoints (``OUT/<name>/results.json``) are skipped on a re-run. Writes ``OUT/sweep.csv`` and a PNG
-    of each metric against tokens seen (or checkpoint number when the source does not record tokens)."""
-    from tqdm.auto import tqdm
+class EvalSweep(CheckpointJob):
+    """The harness on each checkpoint (each loaded once for all tasks); a checkpoint's full record also goes to
+    ``OUT/<name>/results.json``. Merged: ``OUT/sweep.csv``, ``OUT/sweep.png`` and ``OUT/sweep.json`` (what was
+    evaluated, and each failed checkpoint's reason)."""
 
+    analysis = "eval"
+
+    def __init__(self, source: str, out, checkpoints, tasks: list[str], num_fewshot: int | None = None,
+                 limit: int | None = None, include_path: list[str] | None = None, batch_size: int = 1,
+                 load_kwargs: dict | None = None) -> None:
+        super().__init__(source, out, checkpoints, load_kwargs)
+        self.tasks, self.num_fewshot, self.limit, self.batch_size = list(tasks), num_fewshot, limit, batch_size
+        self.include_path = [str(Path(p).resolve()) for p in include_path or []]
+
+    def settings(self) -> dict:
+        return {"tasks": self.tasks, "num_fewshot": self.num_fewshot, "limit": self.limit,
+                "include_path": self.include_path, "batch_size": self.batch_size}
+
+    def run_checkpoint(self, checkpoint) -> dict:
+        record = run_eval(self.source, self.tasks, self.out / checkpoint.name, num_fewshot=self.num_fewshot,
+                          limit=self.limit, include_path=self.include_path, batch_size=self.batch_size,
+                          checkpoint=checkpoint, **self.load_kwargs)
+        return {"results": record["results"]}
+
+    def merge(self, results: dict[str, dict], failed: dict[str, str]) -> Merged:
+        rows = [row for c in self.checkpoints if c.name in results for row in _sweep_rows(c, results[c.name])]
+        with open(self.out / SWEEP_CSV, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["checkpoint", "step", "tokens_seen", "task", "metric", "value", "stderr"])
+            writer.writeheader()
+            writer.writerows(rows)
+        (self.out / SWEEP_JSON).write_text(json.dumps(
+            {"source": self.source, **self.settings(), "evaluated": list(results), "failed": failed}, indent=1))
+        from .plots import plot_sweep
+
+        plot_sweep(rows, self.out / "sweep.png")
+        return Merged(self.out / SWEEP_CSV)
+
+
+def sweep_checkpoints(source: str, every: int = 1, checkpoints: str = "all") -> list:
+    """The checkpoints a sweep evaluates: every ``every``-th of the selection."""
     if every < 1:
         raise UserError(f"--every must be >= 1 (got {every})")
-    selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)[every - 1 :: every]
-    out = Path(out)
-    rows = []
-    for checkpoint in tqdm(selected, desc="eval sweep", unit="checkpoint", disable=not progress):
-        target = out / checkpoint.name
-        if (target / RESULTS).is_file():
-            logger.info("skipping %s: already evaluated", checkpoint.name)
-            record = json.loads((target / RESULTS).read_text())
-        else:
-            record = run_eval(source, tasks, target, checkpoint=checkpoint, **eval_kwargs)
-        rows += _sweep_rows(checkpoint, record)
-    with open(out / SWEEP_CSV, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["checkpoint", "step", "tokens_seen", "task", "metric", "value", "stderr"])
-        writer.writeheader()
-        writer.writerows(rows)
-    from .plots import plot_sweep
+    return select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)[every - 1 :: every]
 
-    plot_sweep(rows, out / "sweep.png")
-    return out / SWEEP_CSV
+
+def sweep(source: str, tasks: list[str], out: str | os.PathLike, every: int = 1, checkpoints: str = "all",
+          progress: bool = True, execution: Execution | None = None, num_fewshot: int | None = None,
+          limit: int | None = None, include_path: list[str] | None = None, batch_size: int = 1,
+          **from_pretrained_kwargs) -> Path | None:
+    """``k2hf eval sweep``: every ``every``-th checkpoint of a run dir or Hub repo, on ``execution`` (default:
+    one after another in this process); finished checkpoints are skipped on a re-run. Writes ``OUT/sweep.csv``
+    and a PNG of each metric against tokens seen (or checkpoint number when the source does not record tokens).
+    Returns the CSV's path (None when the tasks went to Slurm); raises :class:`CheckpointsFailed` after merging
+    when a checkpoint failed."""
+    job = EvalSweep(source, out, sweep_checkpoints(source, every, checkpoints), tasks, num_fewshot, limit,
+                    include_path, batch_size, from_pretrained_kwargs)
+    return run_job(job, execution, progress).checked().path
+
+
+def watch_sweep(run_dir: str | os.PathLike, tasks: list[str], out: str | os.PathLike, every: int = 1,
+                poll: float = 60.0, idle_timeout: float | None = None, progress: bool = True, **options) -> Path:
+    """``k2hf eval sweep RUN_DIR --watch``: evaluate each chunk checkpoint as the training writes it (a checkpoint
+    is listed once its save is complete), re-merging ``sweep.csv`` after each, until the run's record says it
+    ended (then the last checkpoints are evaluated too). ``idle_timeout``: give up after that many seconds without
+    a new checkpoint (a run that crashed never says it ended)."""
+    from k2hf.formats import RunDir
+
+    run, evaluated, merged, last_new = RunDir(run_dir), None, None, time.monotonic()
+    if Path(run_dir).is_file():
+        raise UserError(f"--watch follows a training run: {run_dir} is a file, not a run dir")
+    while True:
+        if not RunDir.is_run_dir(run_dir):  # started beside the training, before it wrote anything
+            if evaluated is None and idle_timeout is not None and time.monotonic() - last_new > idle_timeout:
+                raise UserError(f"{run_dir} is not a k2hf run dir (no checkpoints/ or data_sequence.jsonl) after "
+                                f"{idle_timeout:g} s: is the training writing there?")
+            time.sleep(poll)
+            continue
+        ended = run.ended()  # read before listing: every checkpoint saved before the end is then listed
+        selected = [c for c in checkpoints_api.list_checkpoints(run_dir) if c.kind == "chunk"][every - 1 :: every]
+        identities = [checkpoint_identity(c) for c in selected]  # a rollback's rewritten ckpt_N is a new one
+        if selected and identities != evaluated:
+            merged = run_job(EvalSweep(str(run_dir), out, selected, tasks, **options), progress=progress)
+            evaluated, last_new = identities, time.monotonic()
+            logger.info("watch: %d checkpoint(s) evaluated; %s updated", len(selected), merged.path)
+        if ended:
+            if merged is None:
+                raise UserError(f"{run_dir} ended without a chunk checkpoint: nothing to evaluate")
+            return merged.checked().path
+        if idle_timeout is not None and time.monotonic() - last_new > idle_timeout:
+            raise UserError(f"no new checkpoint in {run_dir} for {idle_timeout:g} s and the run has not ended: "
+                            "is it still training? (what is evaluated so far is in sweep.csv)")
+        time.sleep(poll)
 
 
 def _sweep_rows(checkpoint, record: dict) -> list[dict]:
@@ -176,4 +243,5 @@ def _sweep_rows(checkpoint, record: dict) -> list[dict]:
     return rows
 
 
-__all__ = ["OFFLINE_TASKS", "evaluate_model", "offline_tasks_dir", "results_lines", "run_eval", "sweep"]
+__all__ = ["OFFLINE_TASKS", "EvalSweep", "evaluate_model", "offline_tasks_dir", "results_lines", "run_eval", "sweep",
+           "sweep_checkpoints", "watch_sweep"]

@@ -12,17 +12,18 @@ import html
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import k2hf.checkpoints as checkpoints_api
+from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
 from k2hf.recipes import RecipeError, Section
 from k2hf.records import Rejection, read_records
 
+from .checkpoint_tasks import CheckpointJob, Execution, Merged, input_device, run_job
 from .memorization import select_checkpoints
 
 GALLERY_JSONL = "gallery.jsonl"
@@ -84,7 +85,7 @@ def _field(row: dict, key: str, path: Path, line: int):
 
 @torch.no_grad()
 def continuation(model, tokenizer, prompt: str, config: GalleryConfig) -> str:
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=input_device(model))
     sampling = {"do_sample": True, "temperature": config.temperature} if config.temperature > 0 else \
         {"do_sample": False}
     if config.temperature > 0:
@@ -101,48 +102,68 @@ def choice_logliks(model, tokenizer, question: str, choices: list[str]) -> list[
     cut = max(len(tokenizer(question, add_special_tokens=False)["input_ids"]), 1)
     scores = []
     for choice in choices:
-        ids = torch.tensor([tokenizer(question + choice, add_special_tokens=False)["input_ids"]], device=model.device)
+        ids = tokenizer(question + choice, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids], device=input_device(model))
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
         scores.append(float(logprobs[cut - 1 :].gather(1, ids[0, cut:, None]).sum()))
     return scores
 
 
-def build_gallery(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str],
-                  items: list[dict] | None = None, checkpoints: str = "all", config: GalleryConfig | None = None,
-                  progress: bool = True, **from_pretrained_kwargs) -> Path:
-    """Run every selected checkpoint of ``source`` on the prompts and items; write JSONL and the HTML page."""
-    from transformers import AutoTokenizer
+class Gallery(CheckpointJob):
+    """Each checkpoint's continuations of the prompts and log-likelihoods of the items' choices. Merged:
+    ``gallery.jsonl`` and ``gallery.html`` (failed checkpoints named with their reason on the page)."""
 
-    config = config or GalleryConfig()
-    items = items or []
-    selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    bar = tqdm(total=len(selected) * (len(prompts) + len(items)), desc="gallery", unit="entry", disable=not progress)
-    for checkpoint in selected:
-        name_or_path, kwargs = checkpoint.from_pretrained_args()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
-        for i, prompt in enumerate(prompts):
+    analysis = "gallery"
+
+    def __init__(self, source: str, out, checkpoints: list[Checkpoint], prompts: list[str], items: list[dict],
+                 config: GalleryConfig, load_kwargs: dict | None = None) -> None:
+        super().__init__(source, out, checkpoints, load_kwargs)
+        self.prompts, self.items, self.config = list(prompts), list(items), config
+
+    def settings(self) -> dict:
+        return {"prompts": self.prompts, "items": self.items, "config": asdict(self.config)}
+
+    def run_checkpoint(self, checkpoint: Checkpoint) -> dict:
+        model, tokenizer = self.load(checkpoint)
+        records = []
+        for i, prompt in enumerate(self.prompts):
             records.append({"checkpoint": checkpoint.name, "kind": "prompt", "index": i, "prompt": prompt,
-                            "output": continuation(model, tokenizer, prompt, config)})
-            bar.update()
-        for i, item in enumerate(items):
+                            "output": continuation(model, tokenizer, prompt, self.config)})
+        for i, item in enumerate(self.items):
             scores = choice_logliks(model, tokenizer, item["question"], item["choices"])
             records.append({"checkpoint": checkpoint.name, "kind": "item", "index": i, **item, "logliks": scores,
                             "predicted": max(range(len(scores)), key=scores.__getitem__)})
-            bar.update()
-        del model
-    bar.close()
-    (out / GALLERY_JSONL).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    path = out / GALLERY_HTML
-    path.write_text(render_html(records, [c.name for c in selected], prompts, items, config), encoding="utf-8")
-    return path
+        return {"records": records}
+
+    def merge(self, results: dict[str, dict], failed: dict[str, str]) -> Merged:
+        records = [r for c in self.checkpoints if c.name in results for r in results[c.name]["records"]]
+        (self.out / GALLERY_JSONL).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        path = self.out / GALLERY_HTML
+        landed = [c.name for c in self.checkpoints if c.name in results]
+        path.write_text(render_html(records, landed, self.prompts, self.items, self.config, failed), encoding="utf-8")
+        return Merged(path)
+
+
+def build_gallery(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str],
+                  items: list[dict] | None = None, checkpoints: str = "all", config: GalleryConfig | None = None,
+                  progress: bool = True, execution: Execution | None = None, **from_pretrained_kwargs) -> Path | None:
+    """Run every selected checkpoint of ``source`` on the prompts and items (on ``execution``: default one after
+    another here); write JSONL and the HTML page, whose path is returned (None when the checkpoints went to Slurm).
+    Raises :class:`CheckpointsFailed` after merging when a checkpoint failed."""
+    return run_job(gallery_job(source, out, prompts, items, checkpoints, config, **from_pretrained_kwargs),
+                   execution, progress).checked().path
+
+
+def gallery_job(source: str | os.PathLike, out: str | os.PathLike, prompts: list[str],
+                items: list[dict] | None = None, checkpoints: str = "all", config: GalleryConfig | None = None,
+                **from_pretrained_kwargs) -> Gallery:
+    selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)
+    return Gallery(str(source), out, selected, prompts, items or [], config or GalleryConfig(),
+                   from_pretrained_kwargs)
 
 
 def render_html(records: list[dict], checkpoints: list[str], prompts: list[str], items: list[dict],
-                config: GalleryConfig) -> str:
+                config: GalleryConfig, failed: dict[str, str] | None = None) -> str:
     """One static page; every piece of text goes through ``html.escape``."""
     e = html.escape
     cell = {(r["checkpoint"], r["kind"], r["index"]): r for r in records}
@@ -162,6 +183,9 @@ def render_html(records: list[dict], checkpoints: list[str], prompts: list[str],
                 for j, choice in enumerate(item["choices"]))
             cells.append(f'<td class="item"><ol start="0">{choices}</ol></td>')
         rows.append(f'<tr><th class="question">{e(item["question"])}</th>{"".join(cells)}</tr>')
+    failures = "".join(f"<li>{e(name)}: {e(reason)}</li>" for name, reason in (failed or {}).items())
+    failures = f'<p class="failed">Failed checkpoints (not shown):</p><ul class="failed">{failures}</ul>' \
+        if failures else ""
     mode = "greedy" if config.temperature == 0 else f"sampled, temperature {config.temperature}, seed {config.seed}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>K2 gallery</title>
@@ -173,12 +197,12 @@ li.correct {{ color: #1a7f37; }} li.picked {{ font-weight: bold; }} .score {{ co
 </style></head><body>
 <h1>K2 gallery: {len(prompts)} prompts and {len(items)} items across {len(checkpoints)} checkpoints</h1>
 <p>Outputs: {e(mode)}, {config.max_new_tokens} new tokens. Items: log-likelihood of each choice; the correct one is
-green with &#10003;, the checkpoint's pick (highest log-likelihood) is bold.</p>
+green with &#10003;, the checkpoint's pick (highest log-likelihood) is bold.</p>{failures}
 <table><thead><tr><th>prompt / item</th>{head}</tr></thead><tbody>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
 
 
-__all__ = ["GalleryConfig", "build_gallery", "choice_logliks", "continuation", "read_items", "read_prompts",
-           "render_html"]
+__all__ = ["Gallery", "GalleryConfig", "build_gallery", "choice_logliks", "continuation", "gallery_job", "read_items",
+           "read_prompts", "render_html"]

@@ -11,6 +11,7 @@ checkpoints that saw the same data are scored on the same rows and their per-row
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from k2hf.pretrain.data.reader import PreparedData
 from k2hf.recipes import RecipeError, Section
 from k2hf.release import K2_HUB_MODEL, k2_chunk_order, order_preset
 
+from .checkpoint_tasks import CheckpointJob, Execution, Merged, input_device, run_job
 from .run_record import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,41 @@ def select_checkpoints(available: list[Checkpoint], which: str | list[str] = "al
         raise UserError(str(error)) from None
 
 
+class Memorization(CheckpointJob):
+    """Scores each checkpoint's planned rows (the plan is drawn once, for every checkpoint, before any task runs).
+    Merged: ``scores.csv``, ``summary.json`` (with each failed checkpoint's reason), the PNGs."""
+
+    analysis = "memorization"
+    unit = "checkpoint"
+
+    def __init__(self, source: str, out, checkpoints: list[Checkpoint], data: str, chunks: list[int],
+                 plan: dict[str, list[tuple[int, int]]], config: MemorizationConfig,
+                 load_kwargs: dict | None = None) -> None:
+        super().__init__(source, out, checkpoints, load_kwargs)
+        self.data, self.chunks, self.plan, self.config = str(data), list(chunks), plan, config
+
+    def settings(self) -> dict:
+        rows = json.dumps(self.plan, sort_keys=True).encode()
+        return {"data": self.data, "chunks": self.chunks, "config": asdict(self.config),
+                "plan_sha256": hashlib.sha256(rows).hexdigest()}
+
+    def run_checkpoint(self, checkpoint: Checkpoint) -> dict:
+        model = checkpoints_api.load(self.source, checkpoint, **self.load_kwargs).eval()
+        rows = self.plan[checkpoint.name]
+        with tqdm(total=len(rows), desc=checkpoint.name, unit="row", leave=False, disable=not self.row_progress) \
+                as bar:
+            scored = _score_rows(model, PreparedData(self.data), rows, self.config, bar)
+        return {"rows": [list(r) for r in scored]}
+
+    row_progress = False  # a bar per checkpoint's rows: on when this process runs the checkpoints itself
+
+    def merge(self, results: dict[str, dict], failed: dict[str, str]) -> Merged:
+        scored = {name: [tuple(r) for r in result["rows"]] for name, result in results.items()}
+        landed = [c for c in self.checkpoints if c.name in results]
+        summary = _write_outputs(self.out, scored, landed, self.chunks, self.config, self.source, self.data, failed)
+        return Merged(self.out / SUMMARY, value=summary)
+
+
 def analyze_memorization(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -156,16 +193,30 @@ def analyze_memorization(
     order: list[int] | str | None = None,
     device: str | None = None,
     progress: bool = True,
+    execution: Execution | None = None,
     **from_pretrained_kwargs,
-) -> dict:
+) -> dict | None:
     """Score memorization for each selected checkpoint of ``source``; writes ``scores.csv``, ``summary.json``
-    and PNGs into ``out``; returns the summary.
+    and PNGs into ``out``; returns the summary (None when the checkpoints went to Slurm: the merge job writes it).
 
     ``source``: a run dir, a model dir or a Hub repo. ``data``: the prepared (or imported K2) data the rows come
     from (default for a run dir: the data it trained on). ``chunks``: where rows are drawn from (default: the
     chunks the earliest selected checkpoint has trained on). ``order``: chunk order (list or preset name)
-    behind a Hub repo's ``ckpt_N`` (default for ``LLM360/K2``: K2's).
+    behind a Hub repo's ``ckpt_N`` (default for ``LLM360/K2``: K2's). ``device``: where each checkpoint goes
+    (``cuda``; or ``device_map="auto"`` with ``max_memory`` to spread it over several GPUs). ``execution``: one
+    task per checkpoint on local workers, Slurm or Ray (default: one after another here). Raises
+    :class:`CheckpointsFailed` after merging when a checkpoint failed.
     """
+    job = memorization_job(source, out, data, checkpoints, chunks, config, order, device, **from_pretrained_kwargs)
+    job.row_progress = progress and (execution is None or execution.in_process)
+    return run_job(job, execution, progress).checked().value
+
+
+def memorization_job(source: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
+                     checkpoints: str | list[str] = "all", chunks: list[int] | None = None,
+                     config: MemorizationConfig | None = None, order: list[int] | str | None = None,
+                     device: str | None = None, **from_pretrained_kwargs) -> Memorization:
+    """Check the inputs and draw every checkpoint's rows: the job :func:`analyze_memorization` runs."""
     config = config or MemorizationConfig()
     order = order_preset(order) if isinstance(order, str) else order
     available = checkpoints_api.list_checkpoints(source, order=order)
@@ -196,20 +247,9 @@ def analyze_memorization(
         if not rows:
             raise UserError(f"{name} has trained on no row of chunks {chunks}: pick --chunks it has seen "
                             "(`k2hf data order`), or --include-untrained")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[tuple[int, int, float]]] = {}
-    bar = tqdm(total=sum(len(r) for r in plan.values()), desc="memorization", unit="row", disable=not progress)
-    for checkpoint in selected:
-        bar.set_postfix(checkpoint=checkpoint.name)
-        model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
-        if device is not None:
-            model.to(device)
-        results[checkpoint.name] = _score_rows(model, prepared, plan[checkpoint.name], config, bar)
-        del model
-    bar.close()
-    summary = _write_outputs(out, results, selected, chunks, config, source, data)
-    return summary
+    if device is not None:
+        from_pretrained_kwargs.setdefault("device_map", device)
+    return Memorization(str(source), out, selected, str(data), chunks, plan, config, from_pretrained_kwargs)
 
 
 def _default_chunks(trained: TrainedData, data: PreparedData) -> list[int]:
@@ -223,7 +263,7 @@ def _default_chunks(trained: TrainedData, data: PreparedData) -> list[int]:
 def _score_rows(model, data: PreparedData, rows: list[tuple[int, int]], config: MemorizationConfig,
                 bar) -> list[tuple[int, int, float]]:
     p, k = config.prompt_tokens, config.continuation_tokens
-    device = next(model.parameters()).device
+    device = input_device(model)
     scored = []
     for i in range(0, len(rows), config.batch_size):
         batch = rows[i : i + config.batch_size]
@@ -237,7 +277,7 @@ def _score_rows(model, data: PreparedData, rows: list[tuple[int, int]], config: 
 
 
 def _write_outputs(out: Path, results: dict, selected: list[Checkpoint], chunks: list[int],
-                   config: MemorizationConfig, source, data) -> dict:
+                   config: MemorizationConfig, source, data, failed: dict[str, str]) -> dict:
     k = config.continuation_tokens
     with open(out / SCORES, "w", newline="") as f:
         writer = csv.writer(f)
@@ -260,6 +300,7 @@ def _write_outputs(out: Path, results: dict, selected: list[Checkpoint], chunks:
         "source": str(source), "data": str(data), "chunks": chunks, "config": asdict(config),
         "checkpoints": per_checkpoint,
         "correlation": {"checkpoints": list(results), "pearson": correlation.tolist()} if len(results) > 1 else None,
+        "failed": failed,
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     from .plots import plot_correlation_heatmap, plot_score_histograms
@@ -299,5 +340,6 @@ def score_correlation(results: dict[str, list[tuple[int, int, float]]]) -> np.nd
     return matrix
 
 
-__all__ = ["MemorizationConfig", "RowSampler", "TrainedData", "analyze_memorization", "greedy_continuations",
-           "memorization_scores", "score_correlation", "select_checkpoints", "summary_table", "trained_data"]
+__all__ = ["Memorization", "MemorizationConfig", "RowSampler", "TrainedData", "analyze_memorization",
+           "greedy_continuations", "memorization_job", "memorization_scores", "score_correlation", "select_checkpoints",
+           "summary_table", "trained_data"]

@@ -21,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 import k2hf.checkpoints as checkpoints_api
+from k2hf.checkpoints import Checkpoint
 from k2hf.errors import UserError
 
+from .checkpoint_tasks import CheckpointJob, Merged, input_device
 from .memorization import select_checkpoints
 from .plots import plot_traced_share
 from .search import DataSearch
@@ -65,6 +67,11 @@ class Trace:
         return {"checkpoint": self.checkpoint, "prompt": self.prompt, "text": self.text, "ids": self.ids,
                 "tokens": len(self.ids), "traced_share": self.traced_share, "spans": [asdict(s) for s in self.spans]}
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Trace:
+        return cls(record["checkpoint"], record["prompt"], record["text"], record["ids"],
+                   [TracedSpan(**span) for span in record["spans"]])
+
 
 def trace_ids(search: DataSearch, ids: list[int], min_len: int = 8, max_count: int = 100_000,
               sources: int = 3, context: int = 16) -> list[TracedSpan]:
@@ -93,7 +100,7 @@ def trace_text(search: DataSearch, text: str, **kwargs) -> Trace:
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
     """Greedy continuation ids of ``prompt``, encoded as training rows are (no BOS: K2's rows have none)."""
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=model.device)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=input_device(model))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
     return [int(t) for t in out[0, ids.shape[1]:] if int(t) != tokenizer.eos_token_id]
@@ -102,25 +109,73 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
 def trace_model(source: str | os.PathLike, search: DataSearch, prompt: str, checkpoints: str = "all",
                 max_new_tokens: int = 64, progress: bool = True, trace_kwargs: dict | None = None,
                 **from_pretrained_kwargs) -> list[Trace]:
-    """Each selected checkpoint of ``source`` continues ``prompt``; its continuation is traced."""
-    from transformers import AutoTokenizer
-
+    """Each selected checkpoint of ``source`` continues ``prompt``; its continuation is traced (in this process;
+    ``k2hf trace --checkpoints`` runs :class:`TraceCheckpoints` on an executor)."""
     selected = select_checkpoints(checkpoints_api.list_checkpoints(source), checkpoints)
     traces = []
     for checkpoint in tqdm(selected, desc="trace", unit="checkpoint", disable=not progress):
-        name_or_path, kwargs = checkpoint.from_pretrained_args()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
-        ids = generate(model, tokenizer, prompt, max_new_tokens)
-        del model
-        text = tokenizer.decode(ids)
-        if tokenizer.get_vocab() != search.tokenizer.get_vocab():  # another vocabulary: trace the words
-            ids = search.encode(text)
-        traces.append(Trace(checkpoint.name, prompt, text, ids, trace_ids(search, ids, **(trace_kwargs or {}))))
+        traces.append(trace_checkpoint(source, checkpoint, search, prompt, max_new_tokens, trace_kwargs,
+                                       **from_pretrained_kwargs))
     return traces
 
 
-def write_trace(traces: list[Trace], search: DataSearch, out: str | os.PathLike, settings: dict) -> Path:
+def trace_checkpoint(source: str | os.PathLike, checkpoint: Checkpoint, search: DataSearch, prompt: str,
+                     max_new_tokens: int = 64, trace_kwargs: dict | None = None, **from_pretrained_kwargs) -> Trace:
+    """One checkpoint's greedy continuation of ``prompt``, traced."""
+    from transformers import AutoTokenizer
+
+    name_or_path, kwargs = checkpoint.from_pretrained_args()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
+    ids = generate(model, tokenizer, prompt, max_new_tokens)
+    del model
+    text = tokenizer.decode(ids)
+    if tokenizer.get_vocab() != search.tokenizer.get_vocab():  # another vocabulary: trace the words
+        ids = search.encode(text)
+    return Trace(checkpoint.name, prompt, text, ids, trace_ids(search, ids, **(trace_kwargs or {})))
+
+
+class TraceCheckpoints(CheckpointJob):
+    """``k2hf trace --checkpoints``: each checkpoint's continuation of the prompt, traced in the index (opened
+    once per task). Merged: ``trace.json`` (with each failed checkpoint's reason), ``trace.html``, the PNG."""
+
+    analysis = "trace"
+
+    def __init__(self, source: str, out, checkpoints: list[Checkpoint], index: str, data: str | None,
+                 order: str | None, prompt: str, max_new_tokens: int, trace_kwargs: dict, settings: dict,
+                 load_kwargs: dict | None = None, search: DataSearch | None = None) -> None:
+        super().__init__(source, out, checkpoints, load_kwargs)
+        self.index, self.data, self.order = str(index), data, order
+        self.prompt, self.max_new_tokens, self.trace_kwargs = prompt, max_new_tokens, dict(trace_kwargs)
+        self.report_settings = dict(settings)
+        self._search = search  # this process's open index, if the caller has one
+
+    def __getstate__(self) -> dict:  # an open index (memory maps, the engine) stays in its process
+        return {**self.__dict__, "_search": None}
+
+    @property
+    def search(self) -> DataSearch:
+        if self._search is None:
+            self._search = DataSearch(self.index, data=self.data, order=self.order)
+        return self._search
+
+    def settings(self) -> dict:
+        return {"index": self.index, "data": self.data, "order": self.order, "prompt": self.prompt,
+                "max_new_tokens": self.max_new_tokens, "trace": self.trace_kwargs}
+
+    def run_checkpoint(self, checkpoint: Checkpoint) -> dict:
+        return trace_checkpoint(self.source, checkpoint, self.search, self.prompt, self.max_new_tokens,
+                                self.trace_kwargs, **self.load_kwargs).to_dict()
+
+    def merge(self, results: dict[str, dict], failed: dict[str, str]) -> Merged:
+        traces = [Trace.from_dict(results[c.name]) for c in self.checkpoints if c.name in results]
+        if not traces:
+            return Merged(None)
+        return Merged(write_trace(traces, self.search, self.out, self.report_settings, failed), value=traces)
+
+
+def write_trace(traces: list[Trace], search: DataSearch, out: str | os.PathLike, settings: dict,
+                failed: dict[str, str] | None = None) -> Path:
     """``trace.json`` (the last trace's spans at the top, every checkpoint's under ``traces``), the HTML page and,
     for several checkpoints, the traced share per checkpoint as a PNG."""
     if not traces:
@@ -129,9 +184,9 @@ def write_trace(traces: list[Trace], search: DataSearch, out: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     last = traces[-1]
     record = {"index": str(search.index_dir), "data": str(search.data.path), **settings, **last.to_dict(),
-              "traces": [t.to_dict() for t in traces]}
+              "traces": [t.to_dict() for t in traces], **({"failed": failed} if failed else {})}
     (out / TRACE_JSON).write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    (out / TRACE_HTML).write_text(render_html(traces, search, settings), encoding="utf-8")
+    (out / TRACE_HTML).write_text(render_html(traces, search, settings, failed), encoding="utf-8")
     if len(traces) > 1:
         plot_traced_share([t.checkpoint or "text" for t in traces], [t.traced_share for t in traces], out / TRACE_PNG)
     return out / TRACE_JSON
@@ -153,7 +208,7 @@ def _highlighted(trace: Trace, search: DataSearch) -> str:
     return "".join(parts)
 
 
-def render_html(traces: list[Trace], search: DataSearch, settings: dict) -> str:
+def render_html(traces: list[Trace], search: DataSearch, settings: dict, failed: dict[str, str] | None = None) -> str:
     """One static page: per trace the text with spans highlighted, then each span with its count, first
     checkpoint and source rows. Every string goes through ``html.escape``."""
     e = html.escape
@@ -175,6 +230,9 @@ def render_html(traces: list[Trace], search: DataSearch, settings: dict) -> str:
             f"{len(trace.spans)} span(s)</h2>{prompt}<p class=\"text\">{_highlighted(trace, search)}</p>"
             f"<table><thead><tr><th>tokens</th><th>span</th><th>count</th><th>first checkpoint</th>"
             f"<th>training rows (earliest first)</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+    failures = "".join(f"<li>{e(name)}: {e(reason)}</li>" for name, reason in (failed or {}).items())
+    if failures:
+        sections.append(f'<section class="failed"><h2>Failed checkpoints</h2><ul>{failures}</ul></section>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>K2 trace</title>
 <style>
@@ -191,5 +249,5 @@ mark.d1 {{ background: #fff3b0; }} mark.d2 {{ background: #ffd966; }} mark.d3 {{
 """
 
 
-__all__ = ["Trace", "TracedSpan", "generate", "render_html", "trace_ids", "trace_model", "trace_text",
-           "write_trace"]
+__all__ = ["Trace", "TraceCheckpoints", "TracedSpan", "generate", "render_html", "trace_checkpoint", "trace_ids",
+           "trace_model", "trace_text", "write_trace"]

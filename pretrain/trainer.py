@@ -28,6 +28,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear
 
 from k2hf.formats import (
     DataChanged,
+    End,
     Halt,
     Rollback,
     RunDir,
@@ -314,6 +315,8 @@ class Pretrainer:
                 self.checkpoint(step_checkpoint_name(progress.global_step))
             if watch.requested(acc.device):  # every rank, every step boundary: the ranks agree where to stop
                 self._stop_preempted(watch, already_saved=bool(saved))
+        reason = "halted" if self.halted else "data" if self.position.exhausted else "max_steps"
+        self.logs.event(End(progress.global_step, reason))
         self.bar.close()
         self.plot_curves()
         acc.end_training()

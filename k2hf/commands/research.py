@@ -10,9 +10,10 @@ from k2hf.analysis.memorization import MemorizationConfig
 from k2hf.indices import index_list_arg
 from k2hf.recipes import add_section_flags, section_flags
 
-from ._common import given
+from ._common import add_executor_flags, add_loading_flags, execution, given, loading_kwargs
 
 CHECKPOINTS_HELP = "all (chunk checkpoints; the default), or numbers, ranges and names: 1,5,9 / 1-4 / step_0000012"
+CHECKPOINT_TASKS_HELP = "tasks (default: one per checkpoint; fewer groups checkpoints)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="chunks to draw rows from, e.g. 3,4 (default: those the first checkpoint trained on)")
     add_section_flags(mem, MemorizationConfig)
     mem.add_argument("--preset", help="chunk order behind a Hub repo's ckpt_N (default: k2 for LLM360/K2)")
-    mem.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
-    mem.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    add_loading_flags(mem)
+    add_executor_flags(mem, CHECKPOINT_TASKS_HELP, gpus=True)
     mem.add_argument("--out", required=True)
     mem.set_defaults(func=_memorization)
 
@@ -60,7 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("source", help="a run dir or a Hub repo (e.g. LLM360/K2)")
     sweep.add_argument("--every", type=int, help="every K-th checkpoint (default: every one)")
     sweep.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
+    sweep.add_argument("--watch", action="store_true", help="follow a training run: evaluate each chunk checkpoint "
+                       "as it is saved, until the run ends")
+    sweep.add_argument("--poll", type=float, default=60.0, help="--watch: seconds between looks at the run dir")
+    sweep.add_argument("--idle-timeout", type=float, help="--watch: give up after this many seconds without a new "
+                       "checkpoint (a crashed run never ends)")
+    add_executor_flags(sweep, CHECKPOINT_TASKS_HELP + " (--tasks names the harness tasks here)",
+                       tasks_flags=("--executor-tasks",), gpus=True)
     for parser in (run, sweep):
+        add_loading_flags(parser)
         parser.add_argument("--tasks", required=True, help="comma-separated harness tasks (k2hf_mc, k2hf_text "
                             "offline)")
         parser.add_argument("--num-fewshot", type=int)
@@ -78,6 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gallery.add_argument("--eval-items", help="JSONL multiple-choice items: question, choices, answer")
     gallery.add_argument("--checkpoints", help=CHECKPOINTS_HELP)
     add_section_flags(gallery, GalleryConfig)
+    add_loading_flags(gallery)
+    add_executor_flags(gallery, CHECKPOINT_TASKS_HELP, gpus=True)
     gallery.add_argument("--out", required=True)
     gallery.set_defaults(func=_gallery)
 
@@ -97,8 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="spans more frequent than this are not reported (they say little about a source)")
     trace.add_argument("--max-new-tokens", type=int, default=64)
     trace.add_argument("--sources", type=int, default=3, help="training rows shown per span")
-    trace.add_argument("--device", default=None, help="e.g. cuda (default: where from_pretrained puts it)")
-    trace.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    add_loading_flags(trace)
+    add_executor_flags(trace, CHECKPOINT_TASKS_HELP, gpus=True)
     trace.add_argument("--out", required=True)
     trace.set_defaults(func=_trace)
 
@@ -123,15 +134,37 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_checkpoints(job, args: argparse.Namespace, report) -> int:
+    """Run a per-checkpoint job on the executor the flags ask for; print ``report(merged)`` for what landed (or
+    where the Slurm jobs went) and each failed checkpoint's reason. The exit code: 1 when a checkpoint failed."""
+    import sys
+
+    from k2hf.analysis.checkpoint_tasks import failures_text, run_job
+
+    merged = run_job(job, execution(args))
+    if merged.slurm_scripts:
+        if merged.dry_run:
+            print("\n".join(merged.slurm_scripts))
+        print(f"dry run: nothing submitted (sbatch scripts in {args.out}/.tasks/)" if merged.dry_run else
+              "submitted one Slurm task per checkpoint group and a merge job that runs after them (scripts in "
+              f"{args.out}/.tasks/)")
+        return 0
+    if merged.path is not None:
+        print(report(merged))
+    if merged.failed:
+        print(failures_text(merged.failed, merged.total), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _memorization(args: argparse.Namespace) -> int:
-    from k2hf.analysis.memorization import analyze_memorization, summary_table
+    from k2hf.analysis.memorization import memorization_job, summary_table
 
     config = MemorizationConfig(**section_flags(args, MemorizationConfig))
-    summary = analyze_memorization(args.model, args.out, data=args.data, chunks=args.chunks, config=config,
-                                   order=args.preset, device=args.device, **given(args, "checkpoints", "dtype"))
-    print(summary_table(summary))
-    print(f"scores, summary and plots -> {args.out}")
-    return 0
+    job = memorization_job(args.model, args.out, data=args.data, chunks=args.chunks, config=config, order=args.preset,
+                           **given(args, "checkpoints"), **loading_kwargs(args))
+    job.row_progress = execution(args).in_process
+    return _run_checkpoints(job, args, lambda m: f"{summary_table(m.value)}\nscores, summary and plots -> {args.out}")
 
 
 def _harness_options(args: argparse.Namespace) -> tuple[list[str], dict]:
@@ -144,30 +177,38 @@ def _eval_run(args: argparse.Namespace) -> int:
     from k2hf.analysis.evaluation import results_lines, run_eval
 
     tasks, options = _harness_options(args)
-    record = run_eval(args.model, tasks, args.out, revision=args.revision, **options)
+    record = run_eval(args.model, tasks, args.out, revision=args.revision, **options, **loading_kwargs(args))
     print(results_lines(record))
     print(f"results: {args.out}/results.json")
     return 0
 
 
 def _eval_sweep(args: argparse.Namespace) -> int:
-    from k2hf.analysis.evaluation import sweep
+    from k2hf.analysis.evaluation import EvalSweep, sweep_checkpoints, watch_sweep
+    from k2hf.errors import UserError
 
     tasks, options = _harness_options(args)
-    path = sweep(args.source, tasks, args.out, **given(args, "every", "checkpoints"), **options)
-    print(f"sweep: {path} and {path.with_name('sweep.png')}")
-    return 0
+    if args.watch:
+        if args.checkpoints or args.executor != "local" or args.executor_tasks or (args.workers or 1) > 1:
+            raise UserError("--watch evaluates each chunk checkpoint here as it is saved: drop --checkpoints and "
+                            "the executor flags (or sweep the finished run with them)")
+        path = watch_sweep(args.source, tasks, args.out, poll=args.poll, idle_timeout=args.idle_timeout,
+                           **given(args, "every"), **options, load_kwargs=loading_kwargs(args))
+        print(f"sweep: {path} and {path.with_name('sweep.png')} (the run has ended)")
+        return 0
+    job = EvalSweep(args.source, args.out, sweep_checkpoints(args.source, **given(args, "every", "checkpoints")),
+                    tasks, **options, load_kwargs=loading_kwargs(args))
+    return _run_checkpoints(job, args, lambda m: f"sweep: {m.path} and {m.path.with_name('sweep.png')}")
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from k2hf.analysis.gallery import build_gallery, read_items, read_prompts
+    from k2hf.analysis.gallery import gallery_job, read_items, read_prompts
 
     config = GalleryConfig(**section_flags(args, GalleryConfig))
-    page = build_gallery(args.source, args.out, read_prompts(args.prompts),
-                         read_items(args.eval_items) if args.eval_items else None, config=config,
-                         **given(args, "checkpoints"))
-    print(f"gallery: {page} (and gallery.jsonl beside it)")
-    return 0
+    job = gallery_job(args.source, args.out, read_prompts(args.prompts),
+                      read_items(args.eval_items) if args.eval_items else None, config=config,
+                      **given(args, "checkpoints"), **loading_kwargs(args))
+    return _run_checkpoints(job, args, lambda m: f"gallery: {m.path} (and gallery.jsonl beside it)")
 
 
 def _energy(args: argparse.Namespace) -> int:
@@ -195,8 +236,10 @@ def _add_index_flags(parser: argparse.ArgumentParser) -> None:
 def _trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from k2hf.analysis.memorization import select_checkpoints
     from k2hf.analysis.search import DataSearch
-    from k2hf.analysis.trace import trace_model, trace_text, write_trace
+    from k2hf.analysis.trace import TraceCheckpoints, trace_text, write_trace
+    from k2hf.checkpoints import list_checkpoints
     from k2hf.errors import UserError
     from k2hf.formats import RunDir
 
@@ -205,23 +248,23 @@ def _trace(args: argparse.Namespace) -> int:
     order = args.order
     if order is None and args.model and RunDir.is_run_dir(Path(args.model)):
         order = args.model  # what that run actually trained, rollbacks included
-    search = DataSearch(args.index, data=args.data, order=order)
+    search = DataSearch(args.index, data=args.data, order=order)  # checks the index before any task starts
     options = {"min_len": args.min_len, "max_count": args.max_count, "sources": args.sources}
+    settings = {"min_len": args.min_len, "max_count": args.max_count}
     if args.text is not None:
-        traces = [trace_text(search, args.text, **options)]
-    else:
-        kwargs = {"device_map": args.device} if args.device else {}
-        if args.dtype:
-            kwargs["dtype"] = args.dtype
-        which = args.checkpoints or args.checkpoint or "last"
-        traces = trace_model(args.model, search, args.prompt, checkpoints=which, max_new_tokens=args.max_new_tokens,
-                             trace_kwargs=options, **kwargs)
-    path = write_trace(traces, search, args.out, {"min_len": args.min_len, "max_count": args.max_count})
-    for t in traces:
-        print(f"{t.checkpoint or 'text'}: {100 * t.traced_share:.1f}% of {len(t.ids)} tokens traced in "
-              f"{len(t.spans)} span(s)")
-    print(f"trace: {path} and {path.with_name('trace.html')}")
-    return 0
+        trace = trace_text(search, args.text, **options)
+        path = write_trace([trace], search, args.out, settings)
+        print(f"text: {_traced(trace)}\ntrace: {path} and {path.with_name('trace.html')}")
+        return 0
+    selected = select_checkpoints(list_checkpoints(args.model), args.checkpoints or args.checkpoint or "last")
+    job = TraceCheckpoints(args.model, args.out, selected, args.index, args.data, order, args.prompt,
+                           args.max_new_tokens, options, settings, loading_kwargs(args), search=search)
+    return _run_checkpoints(job, args, lambda m: "\n".join(
+        [f"{t.checkpoint}: {_traced(t)}" for t in m.value] + [f"trace: {m.path} and {m.path.with_name('trace.html')}"]))
+
+
+def _traced(trace) -> str:
+    return f"{100 * trace.traced_share:.1f}% of {len(trace.ids)} tokens traced in {len(trace.spans)} span(s)"
 
 
 def _contamination(args: argparse.Namespace) -> int:

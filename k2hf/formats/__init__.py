@@ -26,6 +26,7 @@ from .checkpoint import (
 from .events import (
     ChunkEnd,
     DataChanged,
+    End,
     Event,
     Halt,
     Rollback,
@@ -42,6 +43,6 @@ from .jsonl import JsonlFile, RecordFileError
 from .run_dir import RunDir
 
 __all__ = ["CHUNK_CHECKPOINT", "SPIKE_EVIDENCE", "STEP_CHECKPOINT", "TRAINER_STATE", "TRAINING_STATE_DIR",
-           "Checkpoint", "ChunkEnd", "DataChanged", "Event", "Halt", "JsonlFile", "RecordFileError", "Rollback",
+           "Checkpoint", "ChunkEnd", "DataChanged", "End", "Event", "Halt", "JsonlFile", "RecordFileError", "Rollback",
            "RunDir", "Skip", "SpikeAction", "Start", "TrainStep", "TrainerState", "chunk_checkpoint_name", "kind_of",
            "live_steps", "parse_event", "spike_action", "spike_evidence_name", "spike_record", "step_checkpoint_name"]

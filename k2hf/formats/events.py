@@ -141,6 +141,15 @@ class Halt(_Event):
 
 
 @dataclass(frozen=True)
+class End(_Event):
+    """The training loop ended (``reason``: ``data``: the sequence is exhausted; ``max_steps``; ``halted``); a
+    preempted or killed run writes none. The last record of a finished run (a resume cuts it back)."""
+
+    EVENT: ClassVar[str] = "end"
+    reason: str
+
+
+@dataclass(frozen=True)
 class DataChanged(_Event):
     """A resume onto other prepared data, on purpose (``allow_data_change``)."""
 
@@ -151,9 +160,9 @@ class DataChanged(_Event):
     data: str
 
 
-Event = Start | TrainStep | Skip | ChunkEnd | Rollback | Halt | DataChanged
+Event = Start | TrainStep | Skip | ChunkEnd | Rollback | Halt | End | DataChanged
 _BY_NAME: dict[str | None, type[_Event]] = {cls.EVENT: cls for cls in (Start, TrainStep, Skip, ChunkEnd, Rollback,
-                                                                         Halt, DataChanged)}
+                                                                         Halt, End, DataChanged)}
 
 
 def parse_event(record: dict[str, Any]) -> Event:
@@ -216,5 +225,5 @@ def spike_action(record: dict[str, Any]) -> SpikeAction:
     return SpikeAction.from_record(record.get("action", "none"))
 
 
-__all__ = ["ChunkEnd", "DataChanged", "Event", "EventError", "Halt", "Rollback", "Skip", "SpikeAction", "Start",
+__all__ = ["ChunkEnd", "DataChanged", "End", "Event", "EventError", "Halt", "Rollback", "Skip", "SpikeAction", "Start",
            "TrainStep", "live_steps", "parse_event", "spike_action", "spike_record"]

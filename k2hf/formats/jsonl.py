@@ -51,6 +51,24 @@ class JsonlFile:
             line = f.readline()
         return json.loads(line) if line.strip() else None
 
+    def last(self, block: int = 1 << 16) -> dict[str, Any] | None:
+        """The last complete record (read from the end: a reader polling a long log while it grows); a line still
+        being written (no newline yet) does not count."""
+        if not self.path.is_file():
+            return None
+        with open(self.path, "rb") as f:
+            end = f.seek(0, 2)
+            tail = b""
+            while end > 0:
+                start = max(0, end - block)
+                f.seek(start)
+                tail = f.read(end - start) + tail
+                end = start
+                lines = [line for line in tail[: tail.rfind(b"\n") + 1].splitlines() if line.strip()]
+                if len(lines) > 1 or (lines and end == 0):
+                    return json.loads(lines[-1])
+        return None
+
     def line_count(self) -> int:
         return len(self._lines())
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint, Kind, is_complete, kind_of
-from .events import Event, Start, live_steps, parse_event, spike_action
+from .events import End, Event, Start, live_steps, parse_event, spike_action
 from .jsonl import JsonlFile
 
 
@@ -92,6 +92,12 @@ class RunDir:
         """The run's start record (order, data, spike settings), or None for a run dir without one."""
         first = self.data_sequence.first()
         return parse_event(first) if first and first.get("event") == Start.EVENT else None
+
+    def ended(self) -> bool:
+        """Whether the training has ended: its record's last event is an :class:`End` (a run that is training,
+        was preempted or was killed has none; resuming cuts it back)."""
+        last = self.data_sequence.last() if self.data_sequence.path.is_file() else None
+        return bool(last) and last.get("event") == End.EVENT
 
     def live_steps(self) -> list:
         """The train steps of the final model's history (a rollback discards the steps after its target)."""

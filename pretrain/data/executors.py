@@ -9,11 +9,13 @@ record.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shlex
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +40,9 @@ class ExecutorError(UserError):
 
 @dataclass
 class SlurmSettings:
-    """What ``sbatch`` needs; ``env_command`` runs before each task (e.g. ``source .venv/bin/activate``)."""
+    """What ``sbatch`` needs; ``env_command`` runs before each task (e.g. ``source .venv/bin/activate``),
+    ``gres`` the generic resources of each task (``gpu:2``, ``gpu:a100:2``), ``sbatch_args`` any other
+    ``#SBATCH`` option (``{"account": "...", "qos": "..."}``)."""
 
     partition: str | None = None
     time: str = "04:00:00"
@@ -46,7 +50,11 @@ class SlurmSettings:
     mem_per_cpu_gb: int = 2
     job_name: str = "k2hf-data"
     env_command: str | None = None
+    gres: str | None = None
     sbatch_args: dict = field(default_factory=dict)
+
+    def all_sbatch_args(self) -> dict:
+        return {**({"gres": self.gres} if self.gres else {}), **self.sbatch_args}
 
 
 def slurm_settings(raw: dict) -> SlurmSettings:
@@ -56,6 +64,23 @@ def slurm_settings(raw: dict) -> SlurmSettings:
     if unknown:
         raise ExecutorError(f"unknown slurm settings {unknown}; known: {sorted(known)}")
     return SlurmSettings(**raw)
+
+
+def read_slurm_config(path: str | os.PathLike) -> dict:
+    """The Slurm settings of a YAML file: a mapping of :class:`SlurmSettings` keys, or a recipe holding one under
+    ``slurm:`` (``--slurm-config``; flags given beside it win)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExecutorError(f"{path} does not exist: give a YAML mapping of slurm settings (partition, time, gres, "
+                            "cpus_per_task, env_command, sbatch_args, ...)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = raw.get("slurm", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        raise ExecutorError(f"{path}: expected a mapping of slurm settings")
+    slurm_settings(raw)  # unknown keys stop here, naming the file's keys
+    return raw
 
 
 def stage_tasks(run: PrepareRun, tasks: int | None) -> dict[str, int]:
@@ -73,8 +98,15 @@ class _QuietLocalExecutor(LocalPipelineExecutor):
     """datatrove's local executor with its per-task console logs off: k2hf's progress bars report the work and
     its errors reach the caller as exceptions (the CLI prints them as one line)."""
 
+    gpus_per_task = 0
+
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         logger.disable("datatrove")  # worker processes start with loguru enabled
+        if self.gpus_per_task:
+            # worker slot `local_rank` owns GPUs [local_rank * g, (local_rank + 1) * g) of this machine, as Slurm's
+            # gres and Ray's num_gpus give each task its own (datatrove's local executor does not)
+            first = local_rank * self.gpus_per_task
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_task))
         return super()._run_for_rank(rank, local_rank, node_rank)
 
 
@@ -86,16 +118,20 @@ def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool =
             _run_local_step(step(run), counts[stage], workers, _logging_dir(run, stage, counts[stage]))
 
 
-def _run_local_step(step, tasks: int, workers: int, logging_dir: str, skip_completed: bool = True) -> None:
-    """One pipeline step as ``tasks`` datatrove tasks on this machine, ``workers`` at a time."""
+def _run_local_step(step, tasks: int, workers: int, logging_dir: str, skip_completed: bool = True,
+                    gpus_per_task: int = 0, start_method: str = START_METHOD) -> None:
+    """One pipeline step as ``tasks`` datatrove tasks on this machine, ``workers`` at a time (each worker on its
+    own ``gpus_per_task`` GPUs when given)."""
     logger.disable("datatrove")
     # The worker pool is stopped with SIGTERM: forked workers must not inherit a handler that catches it (a Ray
     # driver's, a trainer's in the same process), or closing the pool waits on them forever.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
     try:
-        _QuietLocalExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
-                            start_method=START_METHOD, skip_completed=skip_completed).run()
+        executor = _QuietLocalExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
+                                       start_method=start_method, skip_completed=skip_completed)
+        executor.gpus_per_task = gpus_per_task
+        executor.run()
     finally:
         logger.enable("datatrove")
         if main:
@@ -146,42 +182,58 @@ class TaskProgress(_Watcher):
 
 def run_step(step, tasks: int, workers: int, logging_dir: str, executor: str = "local",
              slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False,
-             progress: bool = True, desc: str = "tasks", done=None, total: int = 0,
-             skip_completed: bool = True) -> str | None:
+             progress: bool = True, desc: str = "tasks", done=None, total: int = 0, unit: str = "shard",
+             skip_completed: bool = True, gpus_per_task: int = 0, then=None, start_method: str = START_METHOD
+             ) -> list[str]:
     """Run one pipeline step (a :class:`datatrove.pipeline.base.PipelineStep` whose task ``rank`` of
     ``world_size`` does its share) on an executor. Finished tasks recorded under ``logging_dir`` are skipped on a
     rerun; ``skip_completed=False`` runs every task again, for steps that keep their own record of finished work
     (which outlives datatrove's when a result is removed). A progress bar counts ``done()`` up to ``total``.
-    Returns the sbatch script when the step went to Slurm (with ``dry_run`` only written), else ``None``."""
+    ``gpus_per_task``: Ray's ``num_gpus``, Slurm's ``--gres=gpu:N`` (unless the settings name a gres), and on this
+    machine each worker's own ``CUDA_VISIBLE_DEVICES``; ``start_method`` of local workers (``spawn`` for tasks
+    that run torch: a forked child of a process whose OpenMP threads ran can hang).
+    ``then``: a step run once after every task has finished
+    (a merge): on Slurm a one-task job that depends on the array job, elsewhere in this process.
+    Returns the sbatch scripts when the step went to Slurm (with ``dry_run`` only written), else ``[]``."""
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
     if dry_run and executor != "slurm":
         raise ExecutorError("--dry-run is for the slurm executor (it writes the sbatch script without submitting)")
-    watch = TaskProgress(done, total, desc, enabled=progress and done is not None and executor != "slurm")
-    if executor == "local":
+    watch = TaskProgress(done, total, desc, unit, enabled=progress and done is not None and executor != "slurm")
+    if executor in ("local", "ray"):
         with watch:
-            _run_local_step(step, tasks, workers, logging_dir, skip_completed)
-        return None
-    if executor == "ray":
-        RayPipelineExecutor = _ray_executor(ray_address)
-        with watch:
-            RayPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
-                                skip_completed=skip_completed).run()
-        return None
+            if executor == "local":
+                _run_local_step(step, tasks, workers, logging_dir, skip_completed, gpus_per_task, start_method)
+            else:
+                RayPipelineExecutor = _ray_executor(ray_address)
+                RayPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
+                                    skip_completed=skip_completed, gpus_per_task=gpus_per_task).run()
+        if then is not None:
+            deque(then.run(), maxlen=0)
+        return []
     settings = slurm or SlurmSettings()
     if not settings.partition:
         raise ExecutorError("the slurm executor needs a partition: `--slurm-partition P`")
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
-    executor_ = SlurmPipelineExecutor(
+    sbatch_args = settings.all_sbatch_args()
+    if gpus_per_task and "gres" not in sbatch_args:
+        sbatch_args["gres"] = f"gpu:{gpus_per_task}"
+    executors = [SlurmPipelineExecutor(
         [step], tasks=tasks, workers=workers if tasks > 1 else 1, time=settings.time, partition=settings.partition,
         cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=settings.job_name,
-        env_command=settings.env_command, sbatch_args=dict(settings.sbatch_args), logging_dir=logging_dir,
-        skip_completed=skip_completed)
-    script = slurm_script(executor_)
+        env_command=settings.env_command, sbatch_args=sbatch_args, logging_dir=logging_dir,
+        skip_completed=skip_completed)]
+    if then is not None:
+        executors.append(SlurmPipelineExecutor(
+            [then], tasks=1, time=settings.time, partition=settings.partition, cpus_per_task=1,
+            mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=f"{settings.job_name}-merge",
+            env_command=settings.env_command, sbatch_args=dict(settings.sbatch_args),
+            logging_dir=f"{logging_dir}-merge", skip_completed=False, depends=executors[0]))
+    scripts = [slurm_script(e) for e in executors]
     if not dry_run:
-        executor_.run()
-    return script
+        executors[-1].run()  # submits the chain: the array job, then what depends on it
+    return scripts
 
 
 class StageProgress(_Watcher):
@@ -236,7 +288,7 @@ def slurm_executors(run: PrepareRun, tasks: int | None, workers: int, settings: 
             [step(run)], tasks=counts[stage], workers=workers if counts[stage] > 1 else 1, time=settings.time,
             partition=settings.partition, cpus_per_task=settings.cpus_per_task,
             mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=f"{settings.job_name}-{stage}",
-            env_command=settings.env_command, sbatch_args=dict(settings.sbatch_args),
+            env_command=settings.env_command, sbatch_args=settings.all_sbatch_args(),
             logging_dir=_logging_dir(run, stage, counts[stage]), depends=previous)
         executors.append(previous)
     return executors
