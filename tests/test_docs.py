@@ -75,9 +75,14 @@ def test_every_readme_command_runs(sandbox, monkeypatch, capsys):
             "trace"} <= set(ran)
     assert "pretrain/tiny_stage1" in out and (sandbox / "my-recipes" / "tiny_stage1.yaml").is_file()
     assert "accelerate/zero3.yaml" in out
-    assert ran.count("hub") == 5
+    assert ran.count("hub") == 7
     assert "ckpt_160 <- chunk 159" in out and "ckpt_360 <- chunk 186" in out
     assert (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").is_file()
+    # the same analysis as 2 local worker processes: the same bytes
+    assert (sandbox / "outputs" / "demo" / "memorization-2w" / "scores.csv").read_bytes() == \
+        (sandbox / "outputs" / "demo" / "memorization" / "scores.csv").read_bytes()
+    with open(sandbox / "outputs" / "demo" / "eval-watch" / "sweep.csv") as f:  # the demo run has ended: all 4
+        assert sorted({row.split(",")[0] for row in f.read().splitlines()[1:]}) == [f"ckpt_00{i}" for i in range(1, 5)]
     assert "430.8 MWh, 165.9 tCO2eq" in out and "steps kept (" in out
     assert (sandbox / "outputs" / "demo" / "gallery" / "gallery.html").is_file()
     assert (sandbox / "outputs" / "demo" / "eval" / "sweep.csv").is_file()
