@@ -10,6 +10,8 @@
 * :mod:`.data_index`, :mod:`.search`, :mod:`.trace`, :mod:`.contamination`: an infini-gram index of the training
   rows' own ids (extra ``search``), searched for counts, occurrences, provenance and first checkpoints, tracing a
   model's output back to its training rows (OLMoTrace), and benchmark contamination across checkpoints;
+* :mod:`.checkpoint_tasks`: the per-checkpoint analyses (eval sweep, memorization, gallery, trace) as one task per
+  checkpoint on local workers, Slurm or Ray, merged into the same outputs as a sequential run;
 * :mod:`.plots`: the PNGs.
 
 Checkpoint listing and loading live in the core (:mod:`k2hf.checkpoints`); this layer reads prepared data and run

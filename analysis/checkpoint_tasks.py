@@ -142,6 +142,7 @@ class CheckpointJob:
         self.checkpoints = list(checkpoints)
         self.load_kwargs = dict(load_kwargs or {})
         self.cwd = os.getcwd()  # tasks run there (a Ray worker starts elsewhere): relative paths mean the same
+        self._fingerprint: str | None = None
 
     # ---------------------------------------------------------------- what subclasses give
     def settings(self) -> dict:
@@ -164,9 +165,13 @@ class CheckpointJob:
         return checkpoints_api.load(self.source, checkpoint, **self.load_kwargs).eval(), tokenizer
 
     def fingerprint(self) -> str:
-        text = json.dumps({"analysis": self.analysis, "source": self.source, **self.settings()}, sort_keys=True,
-                          default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A hash of everything the results depend on besides the checkpoint (computed once: a settings dict can
+        hold every checkpoint's planned rows)."""
+        if self._fingerprint is None:
+            text = json.dumps({"analysis": self.analysis, "source": self.source, **self.settings()}, sort_keys=True,
+                              default=str)
+            self._fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     def part_path(self, checkpoint: Checkpoint) -> Path:
         return self.out / PARTS / f"{checkpoint.name}.json"

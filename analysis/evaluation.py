@@ -66,15 +66,22 @@ def _harness():
     return lm_eval, HFLM, TaskManager
 
 
-def evaluate_model(model, tokenizer, tasks: list[str], num_fewshot: int | None = None, limit: int | None = None,
-                   include_path: list[str] | None = None, batch_size: int = 1) -> dict:
-    """Run the harness on an already loaded model; returns its results dict (``results[task]["acc,none"]``)."""
-    lm_eval, HFLM, TaskManager = _harness()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+def task_manager(tasks: list[str], include_path: list[str] | None = None):
+    """The harness's task manager with k2hf's offline tasks and ``include_path``; unknown ``tasks`` stop here."""
+    _, _, TaskManager = _harness()
     manager = TaskManager(include_path=[str(offline_tasks_dir()), *(include_path or [])])
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UserError(f"unknown tasks {unknown}: see `lm-eval ls tasks`, or add YAMLs with --include-path")
+    return manager
+
+
+def evaluate_model(model, tokenizer, tasks: list[str], num_fewshot: int | None = None, limit: int | None = None,
+                   include_path: list[str] | None = None, batch_size: int = 1) -> dict:
+    """Run the harness on an already loaded model; returns its results dict (``results[task]["acc,none"]``)."""
+    lm_eval, HFLM, _ = _harness()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    manager = task_manager(tasks, include_path)
     return lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                                    log_samples=False)
 
@@ -148,6 +155,7 @@ class EvalSweep(CheckpointJob):
         super().__init__(source, out, checkpoints, load_kwargs)
         self.tasks, self.num_fewshot, self.limit, self.batch_size = list(tasks), num_fewshot, limit, batch_size
         self.include_path = [str(Path(p).resolve()) for p in include_path or []]
+        task_manager(self.tasks, self.include_path)  # a missing extra or an unknown task: one line, before any task
 
     def settings(self) -> dict:
         return {"tasks": self.tasks, "num_fewshot": self.num_fewshot, "limit": self.limit,
@@ -244,4 +252,4 @@ def _sweep_rows(checkpoint, record: dict) -> list[dict]:
 
 
 __all__ = ["OFFLINE_TASKS", "EvalSweep", "evaluate_model", "offline_tasks_dir", "results_lines", "run_eval", "sweep",
-           "sweep_checkpoints", "watch_sweep"]
+           "sweep_checkpoints", "task_manager", "watch_sweep"]

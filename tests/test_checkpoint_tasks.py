@@ -188,6 +188,12 @@ def test_a_checkpoint_spread_over_devices_with_disk_offload_scores_as_whole(dril
     assert sweeps[1] == sweeps[0]
 
 
+def test_what_every_task_would_fail_on_stops_before_any_runs(drill_run, tmp_path, capsys):
+    assert cli.main(["eval", "sweep", str(drill_run), "--tasks", "no_such_task", "--workers", "2", "--out",
+                     str(tmp_path)]) == 2
+    assert "unknown tasks ['no_such_task']" in capsys.readouterr().err and not (tmp_path / "checkpoints").exists()
+
+
 def test_max_memory_needs_a_spread_and_says_its_form(drill_run, tmp_path, capsys):
     args = ["analyze", "memorization", "--model", str(drill_run), "--out", str(tmp_path)]
     assert cli.main([*args, "--max-memory", "0=70GiB"]) == 2

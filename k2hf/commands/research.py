@@ -134,14 +134,14 @@ def _checkpoints_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_checkpoints(job, args: argparse.Namespace, report) -> int:
+def _run_checkpoints(job, args: argparse.Namespace, report, run=None) -> int:
     """Run a per-checkpoint job on the executor the flags ask for; print ``report(merged)`` for what landed (or
     where the Slurm jobs went) and each failed checkpoint's reason. The exit code: 1 when a checkpoint failed."""
     import sys
 
     from k2hf.analysis.checkpoint_tasks import failures_text, run_job
 
-    merged = run_job(job, execution(args))
+    merged = run_job(job, run or execution(args))
     if merged.slurm_scripts:
         if merged.dry_run:
             print("\n".join(merged.slurm_scripts))
@@ -163,8 +163,10 @@ def _memorization(args: argparse.Namespace) -> int:
     config = MemorizationConfig(**section_flags(args, MemorizationConfig))
     job = memorization_job(args.model, args.out, data=args.data, chunks=args.chunks, config=config, order=args.preset,
                            **given(args, "checkpoints"), **loading_kwargs(args))
-    job.row_progress = execution(args).in_process
-    return _run_checkpoints(job, args, lambda m: f"{summary_table(m.value)}\nscores, summary and plots -> {args.out}")
+    run = execution(args)
+    job.row_progress = run.in_process
+    return _run_checkpoints(job, args, lambda m: f"{summary_table(m.value)}\nscores, summary and plots -> {args.out}",
+                            run)
 
 
 def _harness_options(args: argparse.Namespace) -> tuple[list[str], dict]:
