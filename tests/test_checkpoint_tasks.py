@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from k2hf import cli
+from k2hf.analysis.checkpoint_tasks import CheckpointJob, Execution, Merged, run_job
+from k2hf.checkpoints import Checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "k2hf" / "sample_data" / "gallery"
@@ -275,3 +277,44 @@ def test_a_run_has_ended_when_its_record_says_so(tmp_path):
     for i in range(5000):
         log.append({"step": i, "pad": "x" * 40})
     assert log.last(block=256) == {"step": 4999, "pad": "x" * 40}
+
+
+class VisibleDevicesJob(CheckpointJob):
+    """A per-checkpoint job of the test's own: each checkpoint's result is the GPUs its task was given."""
+
+    analysis = "visible"
+
+    def __init__(self, out: Path, checkpoints: int) -> None:
+        super().__init__("models", out, [Checkpoint(name=f"m{i}", kind="model", path=out / f"m{i}")
+                                         for i in range(checkpoints)])
+
+    def settings(self) -> dict:
+        return {}
+
+    def run_checkpoint(self, checkpoint) -> dict:
+        time.sleep(0.2)  # long enough for both workers to take tasks
+        return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+
+    def merge(self, results, failed) -> Merged:
+        (self.out / "visible.json").write_text(json.dumps(results))
+        return Merged(self.out / "visible.json", value=results)
+
+
+def test_each_local_worker_gets_its_own_gpus(tmp_path):
+    """--workers 2 --gpus-per-task 2: worker slot i sees GPUs 2i and 2i+1 (as Slurm's gres and Ray's num_gpus give
+    each task its own); the sequential run leaves CUDA_VISIBLE_DEVICES alone."""
+    merged = run_job(VisibleDevicesJob(tmp_path / "w", 6), Execution(workers=2, gpus_per_task=2), progress=False)
+    results = merged.checked().value
+    assert sorted(results) == [f"m{i}" for i in range(6)]
+    by_process = {}
+    for result in results.values():
+        by_process.setdefault(result["pid"], set()).add(result["visible"])
+    assert all(len(seen) == 1 for seen in by_process.values())  # a worker keeps its GPUs
+    assert {v for seen in by_process.values() for v in seen} <= {"0,1", "2,3"} and os.getpid() not in by_process
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    results = run_job(VisibleDevicesJob(tmp_path / "s", 2), Execution(gpus_per_task=2), progress=False).value
+    assert {r["visible"] for r in results.values()} == {before}
+    assert {r["pid"] for r in results.values()} == {os.getpid()}
+    # --tasks 2 with one worker: datatrove runs the tasks in this process, on slot 0's GPUs, and gives the env back
+    results = run_job(VisibleDevicesJob(tmp_path / "t", 2), Execution(tasks=2, gpus_per_task=2), progress=False).value
+    assert {r["visible"] for r in results.values()} == {"0,1"} and os.environ.get("CUDA_VISIBLE_DEVICES") == before

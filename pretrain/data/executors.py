@@ -102,12 +102,21 @@ class _QuietLocalExecutor(LocalPipelineExecutor):
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         logger.disable("datatrove")  # worker processes start with loguru enabled
-        if self.gpus_per_task:
-            # worker slot `local_rank` owns GPUs [local_rank * g, (local_rank + 1) * g) of this machine, as Slurm's
-            # gres and Ray's num_gpus give each task its own (datatrove's local executor does not)
-            first = local_rank * self.gpus_per_task
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_task))
-        return super()._run_for_rank(rank, local_rank, node_rank)
+        if not self.gpus_per_task:
+            return super()._run_for_rank(rank, local_rank, node_rank)
+        # worker slot `local_rank` owns GPUs [local_rank * g, (local_rank + 1) * g) of this machine, as Slurm's gres
+        # and Ray's num_gpus give each task its own (datatrove's local executor does not); restored afterwards, as
+        # one worker runs its tasks in the caller's own process
+        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+        first = local_rank * self.gpus_per_task
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_task))
+        try:
+            return super()._run_for_rank(rank, local_rank, node_rank)
+        finally:
+            if previous is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
 def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool = True) -> None:
