@@ -10,6 +10,7 @@ from pathlib import Path
 from k2hf.errors import UserError
 from k2hf.formats import RunDir
 from k2hf.formats.prepared_data import MANIFEST
+from k2hf.indices import format_index_list
 from k2hf.pretrain.data.reader import PreparedData
 from k2hf.release import ORDER_PRESETS, order_preset
 
@@ -83,20 +84,8 @@ class ChunkOrder:
         if not found:
             chunks = sorted(e.chunk for e in self.entries)
             raise UserError(f"no checkpoint of {self.what} finished chunk {chunk} (chunks finished: "
-                            f"{_ranges(chunks)})")
+                            f"{format_index_list(chunks, ', ') or 'none'})")
         return found
-
-
-def _ranges(values: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    parts, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            parts.append(f"{start}-{v}" if v != start else f"{v}")
-            start = None
-    return ", ".join(parts) or "none"
 
 
 __all__ = ["CheckpointChunk", "ChunkOrder"]

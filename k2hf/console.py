@@ -24,6 +24,12 @@ def configure_logging(level: int = logging.INFO) -> None:
     logger.setLevel(level)
 
 
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE ...``: recipe overrides (:func:`k2hf.recipes.parse_overrides` reads them)."""
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides, dotted for sections (e.g. optim.lr=3e-4 max_steps=100)")
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """One training job as programs start it: ``k2hf pretrain`` / ``k2hf sft train`` in this process, and the
@@ -39,8 +45,7 @@ class TrainingJob:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(self.recipe_flag, required=True, dest="recipe", help=self.recipe_help)
-        parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                            help="recipe overrides, dotted for sections (e.g. optim.lr=3e-4 max_steps=100)")
+        add_overrides(parser)
 
     def start(self, recipe: str, overrides: list[str]) -> int:
         """Load the recipe with its overrides, run, and (rank 0) say how it ended."""

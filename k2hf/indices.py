@@ -23,6 +23,19 @@ def parse_index_list(text: str, what: str = "numbers") -> list[int]:
     return values
 
 
+def format_index_list(values: list[int], separator: str = ",") -> str:
+    """The inverse of :func:`parse_index_list`: ``[0, 1, 2, 5]`` -> ``"0-2,5"`` (runs of consecutive values as
+    ranges, order kept)."""
+    parts: list[str] = []
+    start = None
+    for i, value in enumerate(values):
+        start = value if start is None else start
+        if i + 1 == len(values) or values[i + 1] != value + 1:
+            parts.append(f"{start}-{value}" if value != start else f"{value}")
+            start = None
+    return separator.join(parts)
+
+
 def parse_selection(text: str) -> list[int | str]:
     """Numbers, ranges and names mixed (``"1,3-4,step_0000012"`` -> ``[1, 3, 4, "step_0000012"]``)."""
     picked: list[int | str] = []
@@ -48,4 +61,4 @@ def index_list_arg(what: str = "numbers"):
     return parse
 
 
-__all__ = ["index_list_arg", "parse_index_list", "parse_selection"]
+__all__ = ["format_index_list", "index_list_arg", "parse_index_list", "parse_selection"]

@@ -1,4 +1,5 @@
-"""What the command modules share: the options a user gave, and the ``--set KEY=VALUE`` flag."""
+"""What the command modules share: the options a user gave, the executor flags of jobs made of tasks, and how
+checkpoints are loaded."""
 
 from __future__ import annotations
 
@@ -9,11 +10,6 @@ def given(args: argparse.Namespace, *names: str) -> dict:
     """The options the user gave (flags default to None): everything else takes the library's own default,
     stated once, where it is implemented."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="recipe overrides, dotted for sections (optim.lr=3e-4)")
 
 
 def add_executor_flags(parser: argparse.ArgumentParser, tasks_help: str, tasks_flags: tuple[str, ...] = ("--tasks",),

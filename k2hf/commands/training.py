@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from k2hf.console import add_overrides
 from k2hf.finetune.launch import SFT
 from k2hf.pretrain.config import SpikeSection
 from k2hf.pretrain.launch import PRETRAINING
 from k2hf.recipes import add_section_flags, section_flags
-
-from ._common import add_overrides
 
 DETECTOR_SETTINGS = ["window", "threshold", "min_delta", "recovery_steps", "malignant_steps"]
 

@@ -38,6 +38,7 @@ from k2hf.formats.prepared_data import (
     remove_unlisted,
     sha256_file,
 )
+from k2hf.indices import format_index_list
 from k2hf.records import READ_REASONS, Rejection, read_records
 from k2hf.release import K2_ROW_TOKENS, K2_STAGE1_CHUNKS, k2_chunk_order, released_chunk_file
 from k2hf.tokenizer import save_tokenizer
@@ -106,7 +107,7 @@ def check_release(src: str, names: list[str], revision: str | None = None) -> No
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         there = sorted(i for n in present if (i := _chunk_index(n)) is not None and n == released_chunk_file(i))
-        hint = f"; it holds chunks {_ranges(there)}: pick from them with --chunks" if there else ""
+        hint = f"; it holds chunks {format_index_list(there)}: pick from them with --chunks" if there else ""
         raise ReleaseImportError(f"{shown} not found in {where} (released chunk files are named chunk_<i>.jsonl"
                                  f"{hint})")
 
@@ -120,17 +121,6 @@ def local_chunks(folder: Path, num_chunks: int) -> list[int]:
 def _chunk_index(name: str) -> int | None:
     digits = name.removeprefix("chunk_").removesuffix(".jsonl")
     return int(digits) if digits.isdigit() else None
-
-
-def _ranges(values: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the form ``--chunks`` takes)."""
-    parts, start = [], None
-    for i, v in enumerate(values):
-        start = v if start is None else start
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            parts.append(f"{start}-{v}" if v != start else f"{v}")
-            start = None
-    return ",".join(parts)
 
 
 def open_release(src: str, name: str, revision: str | None = None) -> BinaryIO:
@@ -164,7 +154,7 @@ def import_k2(
             raise ReleaseImportError(f"{src} holds no released chunk file (chunk_<i>.jsonl, i in 0..{num_chunks - 1})")
         if len(chunks) < num_chunks:
             logger.info("importing the %d chunk files found in %s: chunks %s (of %d; --chunks picks others)",
-                        len(chunks), src, _ranges(chunks), num_chunks)
+                        len(chunks), src, format_index_list(chunks), num_chunks)
     chunks = sorted(set(range(num_chunks) if chunks is None else chunks))
     bad = [c for c in chunks if not 0 <= c < num_chunks]
     if bad or not chunks:
