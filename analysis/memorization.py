@@ -153,7 +153,7 @@ class Memorization(CheckpointJob):
     Merged: ``scores.csv``, ``summary.json`` (with each failed checkpoint's reason), the PNGs."""
 
     analysis = "memorization"
-    unit = "checkpoint"
+    row_progress = False  # a bar per checkpoint's rows: on when this process runs the checkpoints itself
 
     def __init__(self, source: str, out, checkpoints: list[Checkpoint], data: str, chunks: list[int],
                  plan: dict[str, list[tuple[int, int]]], config: MemorizationConfig,
@@ -173,8 +173,6 @@ class Memorization(CheckpointJob):
                 as bar:
             scored = _score_rows(model, PreparedData(self.data), rows, self.config, bar)
         return {"rows": [list(r) for r in scored]}
-
-    row_progress = False  # a bar per checkpoint's rows: on when this process runs the checkpoints itself
 
     def merge(self, results: dict[str, dict], failed: dict[str, str]) -> Merged:
         scored = {name: [tuple(r) for r in result["rows"]] for name, result in results.items()}
