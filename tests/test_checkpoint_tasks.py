@@ -300,21 +300,22 @@ class VisibleDevicesJob(CheckpointJob):
         return Merged(self.out / "visible.json", value=results)
 
 
-def test_each_local_worker_gets_its_own_gpus(tmp_path):
-    """--workers 2 --gpus-per-task 2: worker slot i sees GPUs 2i and 2i+1 (as Slurm's gres and Ray's num_gpus give
-    each task its own); the sequential run leaves CUDA_VISIBLE_DEVICES alone."""
-    merged = run_job(VisibleDevicesJob(tmp_path / "w", 6), Execution(workers=2, gpus_per_task=2), progress=False)
-    results = merged.checked().value
-    assert sorted(results) == [f"m{i}" for i in range(6)]
-    by_process = {}
-    for result in results.values():
-        by_process.setdefault(result["pid"], set()).add(result["visible"])
-    assert all(len(seen) == 1 for seen in by_process.values())  # a worker keeps its GPUs
-    assert {v for seen in by_process.values() for v in seen} <= {"0,1", "2,3"} and os.getpid() not in by_process
+@pytest.mark.slow
+def test_each_local_task_gets_its_own_gpus_in_a_fresh_process(tmp_path):
+    """--workers 2 --gpus-per-task 2: a task on worker slot i sees GPUs 2i and 2i+1 (as Slurm's gres and Ray's
+    num_gpus give each task its own), in a process of its own (CUDA reads CUDA_VISIBLE_DEVICES once per process);
+    this process's environment is left alone, and the sequential run uses this process as it is."""
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    results = run_job(VisibleDevicesJob(tmp_path / "w", 4), Execution(workers=2, gpus_per_task=2),
+                      progress=False).checked().value
+    assert sorted(results) == [f"m{i}" for i in range(4)]
+    assert {r["visible"] for r in results.values()} <= {"0,1", "2,3"}
+    pids = [r["pid"] for r in results.values()]
+    assert len(set(pids)) == 4 and os.getpid() not in pids
+    # --tasks 2 with one worker: slot 0's GPUs, each task in its own process
+    results = run_job(VisibleDevicesJob(tmp_path / "t", 2), Execution(tasks=2, gpus_per_task=2), progress=False).value
+    assert {r["visible"] for r in results.values()} == {"0,1"} and len({r["pid"] for r in results.values()}) == 2
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
     results = run_job(VisibleDevicesJob(tmp_path / "s", 2), Execution(gpus_per_task=2), progress=False).value
     assert {r["visible"] for r in results.values()} == {before}
     assert {r["pid"] for r in results.values()} == {os.getpid()}
-    # --tasks 2 with one worker: datatrove runs the tasks in this process, on slot 0's GPUs, and gives the env back
-    results = run_job(VisibleDevicesJob(tmp_path / "t", 2), Execution(tasks=2, gpus_per_task=2), progress=False).value
-    assert {r["visible"] for r in results.values()} == {"0,1"} and os.environ.get("CUDA_VISIBLE_DEVICES") == before

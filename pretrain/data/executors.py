@@ -12,13 +12,16 @@ import multiprocessing
 import os
 import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dill
 from datatrove.executor.local import LocalPipelineExecutor
 from loguru import logger
 from tqdm.auto import tqdm
@@ -104,19 +107,31 @@ class _QuietLocalExecutor(LocalPipelineExecutor):
         logger.disable("datatrove")  # worker processes start with loguru enabled
         if not self.gpus_per_task:
             return super()._run_for_rank(rank, local_rank, node_rank)
-        # worker slot `local_rank` owns GPUs [local_rank * g, (local_rank + 1) * g) of this machine, as Slurm's gres
-        # and Ray's num_gpus give each task its own (datatrove's local executor does not); restored afterwards, as
-        # one worker runs its tasks in the caller's own process
-        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+        # Worker slot `local_rank` owns GPUs [local_rank * g, (local_rank + 1) * g) of this machine, as Slurm's gres
+        # and Ray's num_gpus give each task its own (datatrove's local executor does not). CUDA reads
+        # CUDA_VISIBLE_DEVICES once per process and a pool process takes whichever slot is free for its next task,
+        # so each task runs in a fresh process that sees only its slot's GPUs.
         first = local_rank * self.gpus_per_task
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_task))
-        try:
-            return super()._run_for_rank(rank, local_rank, node_rank)
-        finally:
-            if previous is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = previous
+        visible = ",".join(str(first + i) for i in range(self.gpus_per_task))
+        with tempfile.TemporaryDirectory(prefix="k2hf-task-") as tmp:
+            # a subprocess, not a multiprocessing child: a pool's worker is a daemon, which may have none
+            task, stats = Path(tmp) / "task.pik", Path(tmp) / "stats.pik"
+            task.write_bytes(dill.dumps((self, rank, local_rank, node_rank)))
+            # the child imports what the pickle names from where this process does, as a spawned child would
+            path = os.pathsep.join(p for p in sys.path if p)
+            done = subprocess.run([sys.executable, "-m", __name__, str(task), str(stats)],
+                                  env={**os.environ, "CUDA_VISIBLE_DEVICES": visible, "PYTHONPATH": path})
+            if done.returncode != 0 or not stats.is_file():
+                raise ExecutorError(f"task {rank} (GPUs {visible}) exited with code {done.returncode}")
+            return dill.loads(stats.read_bytes())
+
+
+def _run_pickled_task(task: str, stats: str) -> None:
+    """``python -m k2hf.pretrain.data.executors TASK STATS``: run one pickled task of a local executor here (in a
+    process of its own, with the GPUs its environment names) and pickle its stats."""
+    executor, rank, local_rank, node_rank = dill.loads(Path(task).read_bytes())
+    executor.gpus_per_task = 0
+    Path(stats).write_bytes(dill.dumps(executor._run_for_rank(rank, local_rank, node_rank)))
 
 
 def run_local(run: PrepareRun, tasks: int | None, workers: int, progress: bool = True) -> None:
@@ -336,3 +351,7 @@ def run_ray(run: PrepareRun, tasks: int | None, workers: int, address: str | Non
                                        logging_dir=_logging_dir(run, stage, counts[stage]))
         with StageProgress(run, stage, enabled=progress):
             executor.run()
+
+
+if __name__ == "__main__":
+    _run_pickled_task(*sys.argv[1:3])
