@@ -158,11 +158,8 @@ class CheckpointJob:
     def load(self, checkpoint: Checkpoint):
         """The checkpoint's model (eval mode; ``load_kwargs``: dtype, device_map, max_memory, offload_folder) and
         its tokenizer."""
-        from transformers import AutoTokenizer
-
-        name_or_path, kwargs = checkpoint.from_pretrained_args()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        return checkpoints_api.load(self.source, checkpoint, **self.load_kwargs).eval(), tokenizer
+        model, tokenizer = checkpoints_api.load_with_tokenizer(self.source, checkpoint, **self.load_kwargs)
+        return model.eval(), tokenizer
 
     def fingerprint(self) -> str:
         """A hash of everything the results depend on besides the checkpoint (computed once: a settings dict can
@@ -194,9 +191,6 @@ class CheckpointJob:
     def failure(self, checkpoint: Checkpoint) -> str | None:
         path = self.failure_path(checkpoint)
         return path.read_text().strip() if path.is_file() else None
-
-    def done(self) -> int:
-        return sum(self.result(c) is not None or self.failure(c) is not None for c in self.checkpoints)
 
     def run_one(self, checkpoint: Checkpoint) -> None:
         """Compute and save one checkpoint's result; a failure is saved as its one-line reason (and logged whole)
@@ -288,16 +282,17 @@ def run_job(job: CheckpointJob, execution: Execution | None = None, progress: bo
             job.run_one(checkpoint)
     elif todo:
         groups = job.groups(execution.tasks or len(todo) or 1)
-        already = len(job.checkpoints) - len(todo)
-        for checkpoint in todo:  # what the progress bar counts: results and failures of this run
+        for checkpoint in todo:  # a stale result (other settings, a rewritten checkpoint) or an old failure goes:
+            job.part_path(checkpoint).unlink(missing_ok=True)  # the progress bar then counts files that appear
             job.failure_path(checkpoint).unlink(missing_ok=True)
         scripts = run_step(
             CheckpointTasks(job, [[c.name for c in g] for g in groups]), tasks=len(groups),
             workers=execution.workers_for(len(groups)), logging_dir=str(job.out / TASKS / f"logs-t{len(groups)}"),
             executor=execution.executor, slurm=_named(execution.slurm, job.analysis),
             ray_address=execution.ray_address, dry_run=execution.dry_run, progress=progress, desc=job.analysis,
-            done=lambda: job.done() - already, total=len(todo), unit=job.unit, skip_completed=False,
-            gpus_per_task=execution.gpus_per_task, then=MergeStep(job) if execution.executor == "slurm" else None,
+            done=lambda: sum(job.part_path(c).is_file() or job.failure_path(c).is_file() for c in todo),
+            total=len(todo), unit=job.unit, skip_completed=False, gpus_per_task=execution.gpus_per_task,
+            slurm_then=MergeStep(job),
             start_method="spawn")  # workers run torch: a fork of this process (its OpenMP threads ran) can hang
         if scripts:
             for kind, script in zip(("tasks", "merge"), scripts):

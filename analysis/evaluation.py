@@ -87,17 +87,17 @@ def evaluate_model(model, tokenizer, tasks: list[str], num_fewshot: int | None =
 
 
 def _load(source: str, checkpoint: checkpoints_api.Checkpoint | None, revision: str | None, **kwargs):
+    if checkpoint is not None:
+        model, tokenizer = checkpoints_api.load_with_tokenizer(source, checkpoint, **kwargs)
+        return model.eval(), tokenizer
     from transformers import AutoTokenizer
 
-    if checkpoint is None:
-        checkpoints_api.check_model_dir(source)
-        name_or_path, load_kwargs = source, ({"revision": revision} if revision else {})
-    else:
-        name_or_path, load_kwargs = checkpoint.from_pretrained_args()
     from k2hf.modeling import K2ForCausalLM
 
-    model = K2ForCausalLM.from_pretrained(name_or_path, **load_kwargs, **kwargs).eval()
-    return model, AutoTokenizer.from_pretrained(name_or_path, **load_kwargs)
+    checkpoints_api.check_model_dir(source)
+    load_kwargs = {"revision": revision} if revision else {}
+    model = K2ForCausalLM.from_pretrained(source, **load_kwargs, **kwargs).eval()
+    return model, AutoTokenizer.from_pretrained(source, **load_kwargs)
 
 
 def run_eval(model_source: str, tasks: list[str], out: str | os.PathLike, revision: str | None = None,

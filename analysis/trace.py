@@ -122,12 +122,8 @@ def trace_model(source: str | os.PathLike, search: DataSearch, prompt: str, chec
 def trace_checkpoint(source: str | os.PathLike, checkpoint: Checkpoint, search: DataSearch, prompt: str,
                      max_new_tokens: int = 64, trace_kwargs: dict | None = None, **from_pretrained_kwargs) -> Trace:
     """One checkpoint's greedy continuation of ``prompt``, traced."""
-    from transformers import AutoTokenizer
-
-    name_or_path, kwargs = checkpoint.from_pretrained_args()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    model = checkpoints_api.load(source, checkpoint, **from_pretrained_kwargs).eval()
-    ids = generate(model, tokenizer, prompt, max_new_tokens)
+    model, tokenizer = checkpoints_api.load_with_tokenizer(source, checkpoint, **from_pretrained_kwargs)
+    ids = generate(model.eval(), tokenizer, prompt, max_new_tokens)
     del model
     text = tokenizer.decode(ids)
     if tokenizer.get_vocab() != search.tokenizer.get_vocab():  # another vocabulary: trace the words

@@ -148,7 +148,16 @@ def load(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretra
     return K2ForCausalLM.from_pretrained(name_or_path, **kwargs, **from_pretrained_kwargs)
 
 
+def load_with_tokenizer(source: str | os.PathLike, which: str | int | Checkpoint, **from_pretrained_kwargs: Any):
+    """:func:`load`, and the tokenizer saved with that checkpoint (the same folder or Hub revision)."""
+    from transformers import AutoTokenizer
+
+    checkpoint = which if isinstance(which, Checkpoint) else find(list_checkpoints(source), which)
+    name_or_path, kwargs = checkpoint.from_pretrained_args()
+    return load(source, checkpoint, **from_pretrained_kwargs), AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
 list = list_checkpoints  # noqa: A001  `k2hf.checkpoints.list(source)`; nothing below may call the builtin
 
 __all__ = ["Checkpoint", "CheckpointError", "check_model_dir", "find", "list", "list_checkpoints", "load",
-           "looks_local", "table"]
+           "load_with_tokenizer", "looks_local", "table"]

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,17 +206,17 @@ class TaskProgress(_Watcher):
 def run_step(step, tasks: int, workers: int, logging_dir: str, executor: str = "local",
              slurm: SlurmSettings | None = None, ray_address: str | None = None, dry_run: bool = False,
              progress: bool = True, desc: str = "tasks", done=None, total: int = 0, unit: str = "shard",
-             skip_completed: bool = True, gpus_per_task: int = 0, then=None, start_method: str = START_METHOD
-             ) -> list[str]:
+             skip_completed: bool = True, gpus_per_task: int = 0, slurm_then=None,
+             start_method: str = START_METHOD) -> list[str]:
     """Run one pipeline step (a :class:`datatrove.pipeline.base.PipelineStep` whose task ``rank`` of
     ``world_size`` does its share) on an executor. Finished tasks recorded under ``logging_dir`` are skipped on a
     rerun; ``skip_completed=False`` runs every task again, for steps that keep their own record of finished work
     (which outlives datatrove's when a result is removed). A progress bar counts ``done()`` up to ``total``.
     ``gpus_per_task``: Ray's ``num_gpus``, Slurm's ``--gres=gpu:N`` (unless the settings name a gres), and on this
     machine each worker's own ``CUDA_VISIBLE_DEVICES``; ``start_method`` of local workers (``spawn`` for tasks
-    that run torch: a forked child of a process whose OpenMP threads ran can hang).
-    ``then``: a step run once after every task has finished
-    (a merge): on Slurm a one-task job that depends on the array job, elsewhere in this process.
+    that run torch: a forked child of a process whose OpenMP threads ran can hang). ``slurm_then``: on Slurm, a step
+    run as a one-task job that depends on the array job (a merge; elsewhere the caller runs its follow-up itself
+    once this returns).
     Returns the sbatch scripts when the step went to Slurm (with ``dry_run`` only written), else ``[]``."""
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
@@ -232,28 +231,19 @@ def run_step(step, tasks: int, workers: int, logging_dir: str, executor: str = "
                 RayPipelineExecutor = _ray_executor(ray_address)
                 RayPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
                                     skip_completed=skip_completed, gpus_per_task=gpus_per_task).run()
-        if then is not None:
-            deque(then.run(), maxlen=0)
         return []
     settings = slurm or SlurmSettings()
     if not settings.partition:
         raise ExecutorError("the slurm executor needs a partition: `--slurm-partition P`")
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-
     sbatch_args = settings.all_sbatch_args()
     if gpus_per_task and "gres" not in sbatch_args:
         sbatch_args["gres"] = f"gpu:{gpus_per_task}"
-    executors = [SlurmPipelineExecutor(
-        [step], tasks=tasks, workers=workers if tasks > 1 else 1, time=settings.time, partition=settings.partition,
-        cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=settings.job_name,
-        env_command=settings.env_command, sbatch_args=sbatch_args, logging_dir=logging_dir,
-        skip_completed=skip_completed)]
-    if then is not None:
-        executors.append(SlurmPipelineExecutor(
-            [then], tasks=1, time=settings.time, partition=settings.partition, cpus_per_task=1,
-            mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=f"{settings.job_name}-merge",
-            env_command=settings.env_command, sbatch_args=dict(settings.sbatch_args),
-            logging_dir=f"{logging_dir}-merge", skip_completed=False, depends=executors[0]))
+    executors = [_slurm_executor(settings, step, tasks, workers if tasks > 1 else 1, settings.job_name, logging_dir,
+                                 sbatch_args, skip_completed=skip_completed)]
+    if slurm_then is not None:
+        executors.append(_slurm_executor(settings, slurm_then, 1, -1, f"{settings.job_name}-merge",
+                                         f"{logging_dir}-merge", dict(settings.sbatch_args), cpus_per_task=1,
+                                         skip_completed=False, depends=executors[0]))
     scripts = [slurm_script(e) for e in executors]
     if not dry_run:
         executors[-1].run()  # submits the chain: the array job, then what depends on it
@@ -298,22 +288,32 @@ class StageProgress(_Watcher):
         return shard_is_done(item) if self.stage == "tokenize" else self.run.written_path(item).is_file()
 
 
+def _slurm_executor(settings: SlurmSettings, step, tasks: int, workers: int, job_name: str, logging_dir: str,
+                    sbatch_args: dict, **kwargs):
+    """datatrove's Slurm executor for ``tasks`` tasks of ``step``, ``workers`` at once (-1: no cap), with the
+    settings' partition, time, resources and env command (``kwargs``: ``depends``, ``skip_completed``, a
+    ``cpus_per_task`` of its own)."""
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    kwargs.setdefault("cpus_per_task", settings.cpus_per_task)
+    return SlurmPipelineExecutor(
+        [step], tasks=tasks, workers=workers, time=settings.time, partition=settings.partition,
+        mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=job_name, env_command=settings.env_command,
+        sbatch_args=sbatch_args, logging_dir=logging_dir, **kwargs)
+
+
 def slurm_executors(run: PrepareRun, tasks: int | None, workers: int, settings: SlurmSettings) -> list:
     """One Slurm array job per stage, each depending on the one before."""
     if not settings.partition:
         raise ExecutorError("the slurm executor needs a partition: `--slurm-partition P` (or `slurm: {partition: P}` "
                             "in the recipe)")
-    from datatrove.executor.slurm import SlurmPipelineExecutor
-
     counts = stage_tasks(run, tasks)
     executors, previous = [], None
     for stage, step in STAGES:
-        previous = SlurmPipelineExecutor(
-            [step(run)], tasks=counts[stage], workers=workers if counts[stage] > 1 else 1, time=settings.time,
-            partition=settings.partition, cpus_per_task=settings.cpus_per_task,
-            mem_per_cpu_gb=settings.mem_per_cpu_gb, job_name=f"{settings.job_name}-{stage}",
-            env_command=settings.env_command, sbatch_args=settings.all_sbatch_args(),
-            logging_dir=_logging_dir(run, stage, counts[stage]), depends=previous)
+        workers_ = workers if counts[stage] > 1 else 1
+        previous = _slurm_executor(settings, step(run), counts[stage], workers_, f"{settings.job_name}-{stage}",
+                                   _logging_dir(run, stage, counts[stage]), settings.all_sbatch_args(),
+                                   depends=previous)
         executors.append(previous)
     return executors
 
